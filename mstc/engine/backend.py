@@ -1,0 +1,62 @@
+"""The backend interface of the engine and its registry.
+
+A backend computes the integer sums of binary layers; the graph executor
+(:mod:`mstc.engine.runtime`) does everything else. For a binary conv with input x (float, NCHW),
+the sums are y[n, j, p] = sum_k a_k w_jk with a = sign(x) (sign(0) = +1) over the patch at p,
+padding -1, i.e. ``n - 2 * popcount(A XOR W_j)`` on bits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from mstc.format import BinaryLayerCode, CompressedModel
+
+
+class Backend:
+    """Base class: subclasses implement :meth:`conv2d` and :meth:`linear`.
+
+    A backend instance is created once per :class:`~mstc.engine.Runtime` and may precompute
+    per-layer data in ``__init__`` (packing, tree schedules).
+    """
+
+    name = "base"
+
+    def __init__(self, compressed: CompressedModel, threads: int | None = None) -> None:
+        self.compressed = compressed
+        self.threads = threads
+
+    def conv2d(self, layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
+        """int32 sums (N, Cout, Ho, Wo) of a binary conv for a float32 NCHW input."""
+        raise NotImplementedError
+
+    def linear(self, layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
+        """int32 sums (N, Cout) of a binary linear layer for a float32 (N, n) input."""
+        raise NotImplementedError
+
+
+_BACKENDS: dict[str, Callable[..., Backend]] = {}
+
+
+def register_backend(name: str, factory: Callable[..., Backend] | None = None):
+    """Register a backend class (usable as a decorator)."""
+
+    def deco(f):
+        _BACKENDS[name] = f
+        return f
+
+    return deco(factory) if factory is not None else deco
+
+
+def backends() -> list[str]:
+    """Names of the registered backends."""
+    return sorted(_BACKENDS)
+
+
+def get_backend(name: str) -> Callable[..., Backend]:
+    try:
+        return _BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r}; available: {backends()}") from None
