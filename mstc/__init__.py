@@ -5,6 +5,7 @@ Build a BNN (``mstc.nn``, ``mstc.models``), plan its compression (``mstc.mst.pla
 bit-exactly (``mstc.engine.run``).
 """
 
+from mstc import engine  # noqa: E402,I001  (mstc.engine.run)
 from mstc.errors import FormatError, MSTCError, UnsupportedModelError
 from mstc.format import BinaryLayerCode, CompressedModel, compress, load
 
@@ -17,5 +18,6 @@ __all__ = [
     "MSTCError",
     "UnsupportedModelError",
     "compress",
+    "engine",
     "load",
 ]
