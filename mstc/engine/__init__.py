@@ -4,6 +4,7 @@ Backends: "reference" (numpy, walks each tree), "dense" (numpy, every channel XN
 optimised ones register themselves in the same registry.
 """
 
+import mstc.engine.mst_kernel  # noqa: F401  (registers "packed" and "mst")
 from mstc.engine import reference  # noqa: F401  (registers "reference" and "dense")
 from mstc.engine.backend import Backend, backends, get_backend, register_backend
 from mstc.engine.runtime import Runtime, run

@@ -1,0 +1,296 @@
+"""The "packed" backend: dense bit-packed XNOR-popcount with numba (engine-notes.md layouts 1-2).
+
+Activations are binarised and packed in one pass, 64 input channels per uint64 word, into a
+padded channel-last array ``[N, H+2ph, W+2pw, ceil(C/64)]``; padding is bit 0 (= -1), so no mask is
+needed, and unused high bits are 0 in both activations and weights. Weights are packed in the same
+(ky, kx, channel-word) order and transposed to ``[words, Cout]`` so that the innermost loop runs over
+output channels. For output channel j at one position, with patch words A and weight words W_j:
+
+    y_j = n - 2 * sum_t popcount(A_t XOR W_jt)            (n = Cin*kh*kw)
+
+Oracle: the "dense" and "reference" backends (:mod:`mstc.engine.reference`).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from mstc.bitpack import pack_words
+from mstc.engine.backend import Backend, register_backend
+from mstc.format import BinaryLayerCode
+
+#: positions processed per pass of the XNOR kernel (each weight load is reused this many times)
+BLOCK = 4
+
+
+@intrinsic
+def popc(typingctx, x):
+    """popcount of a uint64 (LLVM ctpop: popcnt / vpopcntq)."""
+    if not isinstance(x, types.Integer):
+        return None
+    sig = types.uint64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return sig, codegen
+
+
+# ------------------------------------------------------------------------------- activations
+
+
+@njit(cache=True)
+def _pack_rows(x, ph, pw, r0, r1, out):  # pragma: no cover - numba
+    """Fused sign + pack of rows [r0, r1) of the flattened (batch, H) index:
+    out[n, h+ph, w+pw, c//64] bit c%64 = (x[n, c, h, w] >= 0). The border of ``out`` stays 0."""
+    N, C, H, W = x.shape
+    CW = out.shape[3]
+    tmp = np.empty(W, np.uint64)
+    for r in range(r1 - r0):
+        nh = r0 + r
+        n = nh // H
+        h = nh - n * H
+        dst = out[n, h + ph]
+        for cw in range(CW):
+            c0 = cw * 64
+            cn = min(64, C - c0)
+            tmp[:] = 0
+            for c in range(cn):
+                xr = x[n, c0 + c, h]
+                bit = np.uint64(1) << np.uint64(c)
+                for w in range(W):
+                    if xr[w] >= 0:
+                        tmp[w] |= bit
+            for w in range(W):
+                dst[pw + w, cw] = tmp[w]
+
+
+@njit(parallel=True, cache=True)
+def _pack_par(x, ph, pw, nchunks, out):  # pragma: no cover - numba
+    total = x.shape[0] * x.shape[2]
+    for ch in prange(nchunks):
+        _pack_rows(x, ph, pw, ch * total // nchunks, (ch + 1) * total // nchunks, out)
+
+
+def packed_input(x: np.ndarray, padding: tuple[int, int], nthreads: int = 1) -> np.ndarray:
+    """``[N, H+2ph, W+2pw, ceil(C/64)]`` uint64 bits of a float NCHW input (pad bit 0)."""
+    n, c, h, w = x.shape
+    ph, pw = padding
+    out = np.zeros((n, h + 2 * ph, w + 2 * pw, (c + 63) // 64), dtype=np.uint64)
+    if x.size:
+        if nthreads > 1 and n * h > 1:
+            _pack_par(x, ph, pw, min(2 * nthreads, n * h), out)
+        else:
+            _pack_rows(x, ph, pw, 0, n * h, out)
+    return out
+
+
+def packed_weights(bits: np.ndarray, cin: int, kh: int, kw: int) -> np.ndarray:
+    """{0,1} weights (Cout, n) in PyTorch tap order -> uint64 ``[ceil(n/64), Cout]``.
+
+    Bits in patch order (ky, kx, ci), concatenated across taps (so Cin < 64 wastes no bits)."""
+    cout = bits.shape[0]
+    b = bits.reshape(cout, cin, kh, kw).transpose(0, 2, 3, 1)  # (Cout, kh, kw, Cin)
+    words = pack_words(np.ascontiguousarray(b).reshape(cout, -1))  # (Cout, ceil(n/64))
+    return np.ascontiguousarray(words.T)
+
+
+# ------------------------------------------------------------------------------- XNOR kernel
+
+
+@njit(cache=True, inline="always")
+def gather_patch(xp, C, kh, kw, sh, sw, dh, dw, nn, ho, wo, patch, q):  # pragma: no cover - numba
+    """The patch bits of output position (nn, ho, wo), in (ky, kx, ci) order concatenated across
+    taps, into patch[q] (ceil(kh*kw*C/64) words). C % 64 == 0: whole words are copied; otherwise
+    each tap's C bits are shifted into place. Plain indexing, no sub-array views (a view per tap
+    costs more than its few words)."""
+    CW = xp.shape[3]
+    if C % 64 == 0:
+        t = 0
+        for ky in range(kh):
+            hh = ho * sh + ky * dh
+            for kx in range(kw):
+                ww = wo * sw + kx * dw
+                for c in range(CW):
+                    patch[q, t + c] = xp[nn, hh, ww, c]
+                t += CW
+        return
+    acc = np.uint64(0)
+    fill = 0  # bits already in acc, 0 <= fill < 64
+    t = 0
+    for ky in range(kh):
+        hh = ho * sh + ky * dh
+        for kx in range(kw):
+            ww = wo * sw + kx * dw
+            for c in range(CW):
+                word = xp[nn, hh, ww, c]
+                bits = min(64, C - 64 * c)
+                acc |= word << np.uint64(fill)
+                if fill + bits >= 64:
+                    patch[q, t] = acc
+                    t += 1
+                    acc = word >> np.uint64(64 - fill) if fill > 0 else np.uint64(0)
+                    fill += bits - 64
+                else:
+                    fill += bits
+    if fill > 0:
+        patch[q, t] = acc
+
+
+@njit(cache=True)
+def _xnor_blocks(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, b0, b1, out):  # pragma: no cover
+    """out[nn, j, p] = n - 2 * sum_t popcount(patch_t XOR wT[t, j]) for the positions of blocks
+    [b0, b1): positions are flattened over (batch, Ho, Wo) and processed 4 at a time."""
+    KW = wT.shape[0]
+    Cout = wT.shape[1]
+    C = n // (kh * kw)
+    P = Ho * Wo
+    M = out.shape[0] * P
+    patch = np.empty((4, KW), np.uint64)
+    acc = np.empty((4, Cout), np.uint64)
+    Cu = np.uint64(Cout)
+    for bb in range(b1 - b0):
+        m0 = (b0 + bb) * 4
+        for q in range(4):
+            m = min(m0 + q, M - 1)
+            nn = m // P
+            r = m - nn * P
+            ho = r // Wo
+            wo = r - ho * Wo
+            gather_patch(xp, C, kh, kw, sh, sw, dh, dw, nn, ho, wo, patch, q)
+        # 2-D indexing with unsigned indices: no sub-array views (their reference counting
+        # costs more than the work of a small layer) and no wrap-around checks
+        for j in range(Cu):
+            acc[0, j] = 0
+            acc[1, j] = 0
+            acc[2, j] = 0
+            acc[3, j] = 0
+        for k in range(KW):
+            x0 = patch[0, k]
+            x1 = patch[1, k]
+            x2 = patch[2, k]
+            x3 = patch[3, k]
+            for j in range(Cu):
+                w = wT[k, j]
+                acc[0, j] += popc(x0 ^ w)
+                acc[1, j] += popc(x1 ^ w)
+                acc[2, j] += popc(x2 ^ w)
+                acc[3, j] += popc(x3 ^ w)
+        for q in range(4):
+            m = m0 + q
+            if m < M:
+                nn = m // P
+                r = m - nn * P
+                for j in range(Cu):
+                    out[nn, j, r] = n - 2 * np.int64(acc[q, j])
+
+
+@njit(parallel=True, cache=True)
+def _xnor_par(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, nchunks, out):  # pragma: no cover
+    nblk = (out.shape[0] * Ho * Wo + 3) // 4
+    for ch in prange(nchunks):
+        b0 = ch * nblk // nchunks
+        b1 = (ch + 1) * nblk // nchunks
+        _xnor_blocks(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, b0, b1, out)
+
+
+def xnor_conv(
+    xp: np.ndarray,
+    wT: np.ndarray,
+    n: int,
+    geometry: tuple[int, int, int, int, int, int],
+    Ho: int,
+    Wo: int,
+    out: np.ndarray,
+    nthreads: int = 1,
+) -> None:
+    """Dense XNOR-popcount conv into ``out`` int32 [N, Cout, Ho*Wo]:
+    ``out[b, j, p] = n - 2 * sum_t popcount(patch_t(b, p) XOR wT[t, j])``.
+
+    ``xp`` from :func:`packed_input`, ``wT`` from :func:`packed_weights`, geometry
+    (kh, kw, sh, sw, dh, dw). One thread runs serially (no thread pool is started)."""
+    nblk = (out.shape[0] * Ho * Wo + 3) // 4
+    if nthreads > 1 and nblk > 1:
+        _xnor_par(xp, wT, n, *geometry, Ho, Wo, min(nblk, 4 * nthreads), out)
+    else:
+        _xnor_blocks(xp, wT, n, *geometry, Ho, Wo, 0, nblk, out)
+
+
+def _set_threads(threads: int | None) -> int:
+    """The worker count in effect: ``threads`` clamped to numba's pool, or numba's default for
+    None. One thread never touches numba's thread pool (its spinning workers stall torch)."""
+    if threads is not None and threads <= 1:
+        return 1
+    if threads is not None:
+        numba.set_num_threads(min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    return numba.get_num_threads()
+
+
+def out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def check_input(layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
+    """Validate a float NCHW input of a binary conv; returns it float32 C-contiguous."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 4 or x.shape[1] != layer.cin:
+        raise ValueError(
+            f"layer {layer.name}: expected input (N, {layer.cin}, H, W), got {tuple(x.shape)}"
+        )
+    (kh, kw), (ph, pw), (dh, dw) = layer.kernel_size, layer.padding, layer.dilation
+    if x.shape[2] + 2 * ph < dh * (kh - 1) + 1 or x.shape[3] + 2 * pw < dw * (kw - 1) + 1:
+        raise ValueError(f"layer {layer.name}: input {x.shape[2]}x{x.shape[3]} smaller than kernel")
+    return x
+
+
+def linear_as_conv(layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
+    """A linear layer's (N, n) input as an (N, n, 1, 1) conv input."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != layer.n:
+        raise ValueError(f"layer {layer.name}: expected input (N, {layer.n}), got {x.shape}")
+    return np.ascontiguousarray(x.reshape(x.shape[0], layer.n, 1, 1))
+
+
+@register_backend("packed")
+class PackedBackend(Backend):
+    """Dense XNOR-popcount on bit-packed activations and weights (numba, ``threads`` workers)."""
+
+    name = "packed"
+
+    def __init__(self, compressed, threads: int | None = None) -> None:
+        super().__init__(compressed, threads)
+        self._w: dict[str, np.ndarray] = {}
+        for name, layer in compressed.layers.items():
+            kh, kw = layer.kernel_size
+            cin = layer.cin if layer.kind == "conv2d" else layer.n
+            self._w[name] = packed_weights(layer.weight_bits(), cin, kh, kw)
+
+    def _conv(self, layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
+        nthreads = _set_threads(self.threads)
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+        )
+        if layer.kind == "linear":
+            kh = kw = sh = sw = dh = dw = 1
+            ph = pw = 0
+        N, _, H, W = x.shape
+        Ho, Wo = out_size(H, kh, sh, ph, dh), out_size(W, kw, sw, pw, dw)
+        out = np.empty((N, layer.cout, Ho * Wo), dtype=np.int32)
+        if out.size == 0:
+            return out.reshape(N, layer.cout, Ho, Wo)
+        xp = packed_input(x, (ph, pw), nthreads)
+        geometry = (kh, kw, sh, sw, dh, dw)
+        xnor_conv(xp, self._w[layer.name], layer.n, geometry, Ho, Wo, out, nthreads)
+        return out.reshape(N, layer.cout, Ho, Wo)
+
+    def conv2d(self, layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
+        return self._conv(layer, check_input(layer, x))
+
+    def linear(self, layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
+        return self._conv(layer, linear_as_conv(layer, x)).reshape(x.shape[0], layer.cout)
