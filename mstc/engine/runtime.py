@@ -28,6 +28,9 @@ class Runtime:
         self.compressed = compressed
         self.backend = get_backend(backend)(compressed, threads=threads)
         self._params = {k: torch.from_numpy(np.asarray(v)) for k, v in compressed.tensors.items()}
+        self._last_use = {
+            name: i for i, node in enumerate(compressed.nodes) for name in node.inputs
+        }
 
     def _p(self, node: Node, name: str) -> torch.Tensor | None:
         return self._params.get(f"{node.name}.{name}")
@@ -43,14 +46,17 @@ class Runtime:
         sums: dict[str, np.ndarray] = {}
         out: torch.Tensor | None = None
         with torch.no_grad():
-            for node in self.compressed.nodes:
-                args = [values[i] for i in node.inputs]
+            for i, node in enumerate(self.compressed.nodes):
+                args = [values[name] for name in node.inputs]
                 if node.op == "input":
                     values[node.name] = x
                 elif node.op == "output":
                     out = args[0]
                 else:
                     values[node.name] = self._apply(node, args, sums)
+                for name in node.inputs:  # free activations after their last use
+                    if self._last_use[name] == i:
+                        values.pop(name, None)
         assert out is not None
         logits = out.numpy()
         return (logits, sums) if return_sums else logits
