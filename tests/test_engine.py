@@ -97,3 +97,21 @@ def test_verify_detects_a_corrupted_layer():
     layer.diff_idx = idx.astype(layer.diff_idx.dtype)
     result = verify(cm, model, torch.randn(2, 3, 32, 32))
     assert not result.ok and layer.name in result.mismatched_layers
+
+
+def test_reference_backends_bit_exact_on_a_trained_checkpoint():
+    """Real weights: a vgg_small trained on Fashion-MNIST with the MST regularizer."""
+    from pathlib import Path
+
+    from mstc.checkpoint import load_checkpoint
+
+    path = (
+        Path(__file__).parent.parent
+        / "results/models/vgg_small_w0.125_fmnist_lam1e-4_k4_cinit.safetensors"
+    )
+    model, _ = load_checkpoint(path)
+    for complement in (False, True):
+        cm = mstc.compress(model, complement=complement)
+        x = torch.randn(3, *cm.input_shape, generator=torch.Generator().manual_seed(5))
+        for backend in ("reference", "dense"):
+            assert verify(cm, model, x, backend=backend).ok
