@@ -12,7 +12,13 @@ import sys
 
 from mstc.errors import MSTCError
 
-COMMAND_MODULES = ["mstc.cli.core", "mstc.cli.data"]
+COMMAND_MODULES = [
+    "mstc.cli.core",
+    "mstc.cli.data",
+    "mstc.cli.train",
+    "mstc.cli.bench",
+    "mstc.cli.hw",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
