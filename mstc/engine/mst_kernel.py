@@ -30,10 +30,10 @@ from mstc.engine.packed import (
     check_input,
     gather_patch,
     linear_as_conv,
+    mismatches4,
     out_size,
     packed_input,
     packed_weights,
-    popc,
     xnor_conv,
 )
 from mstc.format import BinaryLayerCode
@@ -105,23 +105,7 @@ def _dense_row(xp, wTd, dense_idx, n, kh, kw, sh, sw, dh, dw, b, ho, Wo, O, obas
         w0 = blk * 4
         for q in range(4):
             gather_patch(xp, C, kh, kw, sh, sw, dh, dw, b, ho, min(w0 + q, Wo - 1), patch, q)
-        nDu = np.uint64(nD)  # 2-D unsigned indexing, no sub-array views (see packed.py)
-        for d in range(nDu):
-            acc[0, d] = 0
-            acc[1, d] = 0
-            acc[2, d] = 0
-            acc[3, d] = 0
-        for k in range(KW):
-            x0 = patch[0, k]
-            x1 = patch[1, k]
-            x2 = patch[2, k]
-            x3 = patch[3, k]
-            for d in range(nDu):
-                w = wTd[k, d]
-                acc[0, d] += popc(x0 ^ w)
-                acc[1, d] += popc(x1 ^ w)
-                acc[2, d] += popc(x2 ^ w)
-                acc[3, d] += popc(x3 ^ w)
+        mismatches4(patch, wTd, KW, np.uint64(nD), acc)
         for q in range(min(4, Wo - w0)):
             for d in range(nD):
                 O[dense_idx[d], obase + w0 + q] = n - 2 * np.int64(acc[q, d])

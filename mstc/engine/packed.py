@@ -140,6 +140,31 @@ def gather_patch(xp, C, kh, kw, sh, sw, dh, dw, nn, ho, wo, patch, q):  # pragma
         patch[q, t] = acc
 
 
+@njit(cache=True, inline="always")
+def mismatches4(patch, wT, KW, Cu, acc):  # pragma: no cover - numba
+    """acc[q, j] = sum_k popcount(patch[q, k] XOR wT[k, j]) for 4 patches q and Cu channels j.
+
+    2-D indexing with unsigned indices (Cu is a uint64): no sub-array views (their reference
+    counting costs more than the work of a small layer) and no wrap-around checks.
+    """
+    for j in range(Cu):
+        acc[0, j] = 0
+        acc[1, j] = 0
+        acc[2, j] = 0
+        acc[3, j] = 0
+    for k in range(KW):
+        x0 = patch[0, k]
+        x1 = patch[1, k]
+        x2 = patch[2, k]
+        x3 = patch[3, k]
+        for j in range(Cu):
+            w = wT[k, j]
+            acc[0, j] += popc(x0 ^ w)
+            acc[1, j] += popc(x1 ^ w)
+            acc[2, j] += popc(x2 ^ w)
+            acc[3, j] += popc(x3 ^ w)
+
+
 @njit(cache=True)
 def _xnor_blocks(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, b0, b1, out):  # pragma: no cover
     """out[nn, j, p] = n - 2 * sum_t popcount(patch_t XOR wT[t, j]) for the positions of blocks
@@ -161,24 +186,7 @@ def _xnor_blocks(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, b0, b1, out):  # pra
             ho = r // Wo
             wo = r - ho * Wo
             gather_patch(xp, C, kh, kw, sh, sw, dh, dw, nn, ho, wo, patch, q)
-        # 2-D indexing with unsigned indices: no sub-array views (their reference counting
-        # costs more than the work of a small layer) and no wrap-around checks
-        for j in range(Cu):
-            acc[0, j] = 0
-            acc[1, j] = 0
-            acc[2, j] = 0
-            acc[3, j] = 0
-        for k in range(KW):
-            x0 = patch[0, k]
-            x1 = patch[1, k]
-            x2 = patch[2, k]
-            x3 = patch[3, k]
-            for j in range(Cu):
-                w = wT[k, j]
-                acc[0, j] += popc(x0 ^ w)
-                acc[1, j] += popc(x1 ^ w)
-                acc[2, j] += popc(x2 ^ w)
-                acc[3, j] += popc(x3 ^ w)
+        mismatches4(patch, wT, KW, Cu, acc)
         for q in range(4):
             m = m0 + q
             if m < M:
