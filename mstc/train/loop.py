@@ -371,9 +371,10 @@ def train(
             "seconds": round(time.time() - t0, 3),
         }
         history.append(row)
+        test_part = f"test acc {acc:.4f} " if not math.isnan(acc) else ""
         log(
             f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
-            f"train acc {row['train_accuracy']:.4f} test acc {acc:.4f} "
+            f"train acc {row['train_accuracy']:.4f} {test_part}"
             f"BOPs {tree.bop_reduction:.2f}x depth {tree.max_depth} ({row['seconds']:.1f}s)"
         )
         if rank == 0:
