@@ -84,9 +84,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from mstc.checkpoint import load_checkpoint
+    from mstc.costs import format_table, network_costs
+    from mstc.format import compress
     from mstc.train.data import load_split
     from mstc.train.loop import evaluate
-    from mstc.train.metrics import binary_positions, format_tree_table, tree_summary
+    from mstc.train.metrics import binary_positions, tree_summary
 
     if args.threads:
         import torch
@@ -108,7 +110,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     shape = (info.in_channels, info.image_size, info.image_size)
     positions = binary_positions(model, shape)
     tree = tree_summary(model, positions, complement=args.complement)
-    print(format_tree_table(tree, positions))
+    cm = compress(model, complement=args.complement, input_shape=shape)
+    print(format_table(network_costs(cm)))
     result = {
         "checkpoint": str(args.checkpoint),
         "dataset": dataset,

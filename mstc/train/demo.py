@@ -209,6 +209,9 @@ def run_demo(
         "max_depth": summary["max_depth"],
         "baseline_bop_reduction": base_summary["bop_reduction"] if base_summary else None,
         "baseline_max_depth": base_summary["max_depth"] if base_summary else None,
+        "baseline_weight_bit_reduction": (
+            base_summary["weight_bit_reduction"] if base_summary else None
+        ),
         "verification": check,
         "verification_reference": ref_check,
         "checkpoint": summary["checkpoint"],
@@ -236,7 +239,8 @@ def format_headline(h: dict[str, Any]) -> str:
         f"{'test accuracy':28s} {pct(h['baseline_accuracy']):>20s} {pct(h['accuracy']):>16s}",
         f"{'BOP reduction (3x3 convs)':28s} {x(h['baseline_bop_reduction']):>20s} "
         f"{x(h['bop_reduction']):>16s}",
-        f"{'weight-bit reduction':28s} {'':>20s} {x(h['weight_bit_reduction']):>16s}",
+        f"{'weight-bit reduction':28s} {x(h.get('baseline_weight_bit_reduction')):>20s} "
+        f"{x(h['weight_bit_reduction']):>16s}",
         f"{'max tree depth':28s} {str(h['baseline_max_depth'] or '-'):>20s} {h['max_depth']:>16d}",
         f"compressed model (mst engine) accuracy {pct(h['engine_accuracy'])}, "
         f"{'bit-exact' if h['verification']['bit_exact'] else 'NOT bit-exact'} on all "

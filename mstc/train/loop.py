@@ -35,7 +35,7 @@ from mstc.regularize import MSTRegularizer, init_from_centers
 from mstc.train import distributed as dist_util
 from mstc.train.config import ConfigError, TrainConfig
 from mstc.train.data import Split, eval_batches, load_split, num_train_batches, train_batches
-from mstc.train.metrics import binary_positions, format_tree_table, tree_summary
+from mstc.train.metrics import binary_positions, tree_summary
 from mstc.train.state import read_state, restore_state, save_state
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -431,8 +431,12 @@ def finish_run(
         compressed_path, table, _ = compress_and_table(
             model, out / "model.mstc", complement=cfg.complement, input_shape=input_shape
         )
-    if table is None:
-        table = format_tree_table(tree, positions)
+    if table is None:  # not written to a file, but the same per-layer table
+        from mstc.costs import format_table, network_costs
+        from mstc.format import compress
+
+        cm = compress(model, complement=cfg.complement, input_shape=input_shape)
+        table = format_table(network_costs(cm))
     write_text_atomic(out / "costs.txt", table + "\n")
     log(table)
     summary = {

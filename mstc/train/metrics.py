@@ -85,26 +85,3 @@ def tree_summary(
         max_depth=max((t.depth for t in trees), default=0),
         layers=trees,
     )
-
-
-def format_tree_table(summary: TreeSummary, positions: dict[str, int]) -> str:
-    """A plain-text per-layer table of the summary (used when mstc.costs is not available)."""
-    head = f"{'layer':32s} {'Cout':>5s} {'n':>5s} {'P':>6s} {'BOPs dense':>12s} "
-    head += f"{'BOPs MST':>12s} {'x':>7s} {'depth':>5s}"
-    lines = [head, "-" * len(head)]
-    for t in summary.layers:
-        p = positions[t.name]
-        lines.append(
-            f"{t.name:32s} {t.cout:5d} {t.n:5d} {p:6d} {p * t.dense_xnors:12d} "
-            f"{p * t.xnors:12d} {t.reduction:7.2f} {t.depth:5d}"
-        )
-    lines.append("-" * len(head))
-    lines.append(
-        f"{'total (binary 3x3 convs)':32s} {'':5s} {'':5s} {'':6s} {summary.bops_dense:12d} "
-        f"{summary.bops_mst:12d} {summary.bop_reduction:7.2f} {summary.max_depth:5d}"
-    )
-    lines.append(
-        f"weight bits: {summary.weight_bits_dense} dense -> {summary.weight_bits_mst} MST "
-        f"({summary.weight_bit_reduction:.2f}x)"
-    )
-    return "\n".join(lines)
