@@ -28,10 +28,10 @@ from mstc.engine.backend import Backend, register_backend
 from mstc.engine.packed import (
     _set_threads,
     check_input,
+    conv_geometry,
     gather_patch,
     linear_as_conv,
     mismatches4,
-    out_size,
     packed_input,
     packed_weights,
     xnor_conv,
@@ -359,17 +359,8 @@ class MSTBackend(Backend):
     def _conv(self, layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
         nthreads = _set_threads(self.threads)
         sched = self.schedules[layer.name]
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
-            layer.kernel_size,
-            layer.stride,
-            layer.padding,
-            layer.dilation,
-        )
-        if layer.kind == "linear":
-            kh = kw = sh = sw = dh = dw = 1
-            ph = pw = 0
-        N, C, H, W = x.shape
-        Ho, Wo = out_size(H, kh, sh, ph, dh), out_size(W, kw, sw, pw, dw)
+        N = x.shape[0]
+        kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = conv_geometry(layer, x.shape)
         geom = (kh, kw, sh, sw, dh, dw, ph, pw, Ho, Wo)
         out = np.empty((N, layer.cout, Ho * Wo), dtype=np.int32)
         if out.size == 0:

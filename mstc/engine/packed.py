@@ -241,6 +241,23 @@ def out_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+def conv_geometry(layer: BinaryLayerCode, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """(kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo) of a binary layer on an NCHW input shape
+    (a linear layer runs as a 1x1 conv on a 1x1 map)."""
+    if layer.kind == "linear":
+        kh = kw = sh = sw = dh = dw = 1
+        ph = pw = 0
+    else:
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+        )
+    H, W = shape[2], shape[3]
+    return kh, kw, sh, sw, ph, pw, dh, dw, out_size(H, kh, sh, ph, dh), out_size(W, kw, sw, pw, dw)
+
+
 def check_input(layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
     """Validate a float NCHW input of a binary conv; returns it float32 C-contiguous."""
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -278,17 +295,8 @@ class PackedBackend(Backend):
 
     def _conv(self, layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
         nthreads = _set_threads(self.threads)
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
-            layer.kernel_size,
-            layer.stride,
-            layer.padding,
-            layer.dilation,
-        )
-        if layer.kind == "linear":
-            kh = kw = sh = sw = dh = dw = 1
-            ph = pw = 0
-        N, _, H, W = x.shape
-        Ho, Wo = out_size(H, kh, sh, ph, dh), out_size(W, kw, sw, pw, dw)
+        N = x.shape[0]
+        kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = conv_geometry(layer, x.shape)
         out = np.empty((N, layer.cout, Ho * Wo), dtype=np.int32)
         if out.size == 0:
             return out.reshape(N, layer.cout, Ho, Wo)
