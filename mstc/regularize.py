@@ -190,6 +190,7 @@ class MSTRegularizer:
         detach_target: bool = True,
         centers_from: dict[str, np.ndarray] | None = None,
         layers: list[tuple[str, nn.Module]] | None = None,
+        layer_weights: dict[str, float] | None = None,
     ) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
@@ -209,6 +210,12 @@ class MSTRegularizer:
         self.complement = bool(complement)
         self.detach_target = bool(detach_target)
         self.layers = binary_conv_layers(model) if layers is None else list(layers)
+        #: per-layer factor w_l of the penalty (1 when not given): R = lambda * sum_l w_l * D_l
+        self.layer_weights = {name: 1.0 for name, _ in self.layers}
+        for name, w in (layer_weights or {}).items():
+            if name not in self.layer_weights or not w >= 0:
+                raise ValueError(f"layer weight {name!r}={w!r}: unknown layer or negative weight")
+            self.layer_weights[name] = float(w)
         self.frozen = False
         self.steps = 0
         self.centers: dict[str, np.ndarray] = {}
@@ -279,10 +286,12 @@ class MSTRegularizer:
         return (w[child] - s * wp).abs().sum()
 
     def penalty(self) -> torch.Tensor:
-        """R = lambda * sum over layers of :meth:`layer_distance`."""
+        """R = lambda * sum over layers l of w_l * :meth:`layer_distance` (w_l = 1 by default)."""
         total = None
         for name, layer in self.layers:
             d = self.layer_distance(name, layer)
+            if self.layer_weights[name] != 1.0:
+                d = d * self.layer_weights[name]
             total = d if total is None else total + d
         if total is None:
             return torch.zeros(())

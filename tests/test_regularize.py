@@ -206,3 +206,28 @@ def test_masked_hamming_same_value_gradient_only_on_differing_taps():
     agree = bits == bits[c]
     assert float(g[torch.as_tensor(agree)].abs().sum()) == 0.0
     assert float(g.abs().sum()) > 0
+
+
+def test_layer_weights_scale_each_layer_distance():
+    torch.manual_seed(0)
+    net = nn.Sequential(BinaryConv2d(4, 8, 3, padding=1), BinaryConv2d(8, 6, 3, padding=1))
+    plain = MSTRegularizer(net, lam=0.1, centers=2)
+    d0 = float(plain.layer_distance("0", net[0]).detach())
+    d1 = float(plain.layer_distance("1", net[1]).detach())
+    assert d0 > 0 and d1 > 0
+    weighted = MSTRegularizer(net, lam=0.1, centers=2, layer_weights={"0": 3.0, "1": 0.25})
+    assert float(weighted.penalty().detach()) == pytest.approx(0.1 * (3.0 * d0 + 0.25 * d1))
+    with pytest.raises(ValueError, match="unknown layer or negative"):
+        MSTRegularizer(net, lam=0.1, layer_weights={"2": 1.0})
+    with pytest.raises(ValueError, match="unknown layer or negative"):
+        MSTRegularizer(net, lam=0.1, layer_weights={"0": -1.0})
+
+
+def test_bops_layer_weighting_in_the_trainer():
+    from mstc.train.config import TrainConfig
+    from mstc.train.loop import _layer_weights
+
+    cfg = TrainConfig(mst_layer_weighting="bops")
+    w = _layer_weights(cfg, {"a": 784, "b": 196, "c": 49})
+    assert w == pytest.approx({"a": 784 / 343, "b": 196 / 343, "c": 49 / 343})
+    assert _layer_weights(TrainConfig(), {"a": 784}) is None

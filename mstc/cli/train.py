@@ -32,6 +32,7 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--mst-target", "mst_target", str, "centers | forest | mst"),
     ("--mst-update-every", "mst_update_every", int, "steps between re-assignments"),
     ("--mst-freeze-epochs", "mst_freeze_epochs", int, "last epochs with frozen assignments"),
+    ("--mst-layer-weighting", "mst_layer_weighting", str, "uniform | bops (layer l x P_l/mean P)"),
     ("--center-init-noise", "center_init_noise", float, "noise of --center-init (x std)"),
     ("--seed", "seed", int, "random seed"),
     ("--device", "device", str, "auto | cpu | cuda[:N]"),

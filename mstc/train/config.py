@@ -60,6 +60,9 @@ class TrainConfig:
     mst_update_every: int = 50  # steps between re-assignments
     mst_detach_target: bool = True  # only the child moves towards its target
     mst_freeze_epochs: int = 1  # last epochs with frozen assignments (fine-tuning)
+    # uniform: every layer's distance counts once; bops: layer l weighted by P_l / mean_l P_l
+    # (its output positions), so the penalty weighs a tap by the BOPs it costs
+    mst_layer_weighting: str = "uniform"
     center_init: bool = False  # initialise every channel as a noisy copy of one of K centres
     center_init_noise: float = 0.1
     complement: bool = False  # allow complement (inverted) edges, method.md section 2
@@ -104,6 +107,8 @@ class TrainConfig:
             bad(f"mst_target must be one of {TARGETS}, got {self.mst_target!r}")
         if self.mst_update_every < 1:
             bad("mst_update_every must be >= 1")
+        if self.mst_layer_weighting not in ("uniform", "bops"):
+            bad(f"mst_layer_weighting must be uniform or bops, got {self.mst_layer_weighting!r}")
         if self.two_stage and not (0 < self.stage1_epochs < self.epochs):
             bad("two_stage needs 0 < stage1_epochs < epochs")
         for name in ("train_subset", "test_subset"):

@@ -176,6 +176,16 @@ def _resolve_device(cfg: TrainConfig, local_rank: int) -> torch.device:
 
 
 # -- the loop ----------------------------------------------------------------------------------
+
+
+def _layer_weights(cfg: TrainConfig, positions: dict[str, int]) -> dict[str, float] | None:
+    """Per-layer penalty factors: P_l / mean_l P_l for ``mst_layer_weighting == "bops"``."""
+    if cfg.mst_layer_weighting == "uniform" or not positions:
+        return None
+    mean = sum(positions.values()) / len(positions)
+    return {name: p / mean for name, p in positions.items()}
+
+
 def train(
     config: TrainConfig,
     *,
@@ -235,6 +245,7 @@ def train(
             complement=cfg.complement,
             detach_target=cfg.mst_detach_target,
             centers_from=centers_from,
+            layer_weights=_layer_weights(cfg, positions),
         )
     optimizer = make_optimizer(model, cfg)
 
