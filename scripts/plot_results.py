@@ -26,6 +26,8 @@ def _variant(cfg: dict[str, Any]) -> str:
         parts.append("cinit")
     if cfg.get("complement"):
         parts.append("compl")
+    if cfg.get("mst_layer_weighting", "uniform") != "uniform":
+        parts.append(cfg["mst_layer_weighting"])
     return "/".join(parts)
 
 
