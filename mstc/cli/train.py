@@ -89,7 +89,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mstc.format import compress
     from mstc.train.data import load_split
     from mstc.train.loop import evaluate
-    from mstc.train.metrics import binary_positions, tree_summary
 
     if args.threads:
         import torch
@@ -109,26 +108,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     info = data.info
     acc, loss = evaluate(model, data, batch_size=args.batch_size)
     shape = (info.in_channels, info.image_size, info.image_size)
-    positions = binary_positions(model, shape)
-    tree = tree_summary(model, positions, complement=args.complement)
-    cm = compress(model, complement=args.complement, input_shape=shape)
-    print(format_table(network_costs(cm)))
+    costs = network_costs(compress(model, complement=args.complement, input_shape=shape))
+    print(format_table(costs))
     result = {
         "checkpoint": str(args.checkpoint),
         "dataset": dataset,
         "images": len(data),
         "accuracy": acc,
         "loss": loss,
-        "bop_reduction": tree.bop_reduction,
-        "weight_bit_reduction": tree.weight_bit_reduction,
-        "max_depth": tree.max_depth,
+        "bop_reduction": costs.bop_reduction,
+        "weight_bit_reduction": costs.weight_bit_reduction,
+        "max_depth": costs.max_depth,
     }
     print(
         json.dumps(result, indent=2)
         if args.json
         else f"{dataset} test: accuracy {acc:.4f} ({len(data)} images), loss {loss:.4f}; "
-        f"BOP reduction {tree.bop_reduction:.2f}x, weight bits {tree.weight_bit_reduction:.2f}x, "
-        f"max depth {tree.max_depth}"
+        f"BOP reduction {costs.bop_reduction:.2f}x, weight bits {costs.weight_bit_reduction:.2f}x, "
+        f"max depth {costs.max_depth}"
     )
     return 0
 
