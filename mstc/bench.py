@@ -75,20 +75,30 @@ def cluster_weights(
 def load_bench_model(
     spec: str, *, width: float = 1.0, seed: int = 0, cluster: dict | None = None
 ) -> torch.nn.Module:
-    """A model name (random weights, ``width``) or a checkpoint path; clustered if ``cluster``."""
+    """A model name (random weights, ``width``), a checkpoint path or an ``.mstc`` file (its
+    PyTorch model rebuilt by :func:`mstc.format.to_torch`); clustered if ``cluster``."""
     from mstc.checkpoint import load_model_or_checkpoint
     from mstc.models import list_models
 
-    kw = {"width": width, "seed": seed} if spec in list_models() else {}
-    model, _ = load_model_or_checkpoint(spec, **kw)
+    if spec not in list_models() and Path(spec).suffix == ".mstc":
+        from mstc.format import load, to_torch
+
+        model = to_torch(load(spec))
+    else:
+        kw = {"width": width, "seed": seed} if spec in list_models() else {}
+        model, _ = load_model_or_checkpoint(spec, **kw)
     if cluster is not None:
         cluster_weights(model, **cluster)
     return model.eval()
 
 
 def model_input_shape(model: torch.nn.Module) -> tuple[int, int, int]:
+    """(C, H, W): that of the .mstc file for a model rebuilt by to_torch, else from its config."""
     from mstc.format import default_input_shape
 
+    shape = getattr(model, "mstc_input_shape", None)
+    if shape is not None:
+        return tuple(int(v) for v in shape)  # type: ignore[return-value]
     return default_input_shape(getattr(model, "mstc_config", {}) or {})
 
 
@@ -136,17 +146,29 @@ def _engine_runner(cm, backend: str, threads: int, x, timer: _Timer):
 
     rt = Runtime(cm, backend, threads=threads)
     be = rt.backend
-    for method in ("conv2d", "linear"):
-        orig = getattr(be, method)
+    for method in ("conv2d", "linear", "conv2d_fused"):
+        orig = getattr(be, method, None)
+        if orig is None:
+            continue
 
-        def wrapped(layer, xin, orig=orig):
+        def wrapped(layer, xin, *args, orig=orig, **kw):
             t = _clock()
-            s = orig(layer, xin)
+            s = orig(layer, xin, *args, **kw)
             timer.add(layer.name, _clock() - t)
             return s
 
         setattr(be, method, wrapped)
     return rt, lambda: rt.run(x)
+
+
+def _chosen_kernel(chosen: dict, name: str) -> str:
+    """The kernel a backend settled on for a layer: the bit-plane kernel ("sliced" or the integer
+    one behind "int") where the layer was fused or fed planes, else "delta" / "xnor"."""
+    plane = next((v for k, v in chosen.items() if k[0] == name and len(k) == 3), None)
+    plain = next((v for k, v in chosen.items() if k[0] == name and len(k) == 2), "xnor")
+    if plane == "sliced":
+        return "sliced"
+    return plain
 
 
 def worker_main(config: dict[str, Any]) -> None:
@@ -185,9 +207,7 @@ def worker_main(config: dict[str, Any]) -> None:
     if backend != "torch":
         chosen = getattr(rt.backend, "kernels", {})
         for name in info["layers"]:
-            info["layers"][name][f"{backend}_kernel"] = next(
-                (v for k, v in chosen.items() if k[0] == name), "xnor"
-            )
+            info["layers"][name][f"{backend}_kernel"] = _chosen_kernel(chosen, name)
     print(json.dumps({"ready": True, **info}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -450,7 +470,7 @@ def memory_report(
 
     model = load_bench_model(spec, width=width, seed=seed, cluster=cluster)
     float_bytes = sum(m.weight.numel() * 4 for m in model.modules() if is_binary_layer(m))
-    cm = mstc.compress(model, complement=True)
+    cm = mstc.compress(model, complement=True, input_shape=model_input_shape(model))
     layers = list(cm.layers.values())
     stored = sum(
         v.nbytes for c in layers for v in (c.parent, c.negate, c.root_bits, c.diff_ptr, c.diff_idx)

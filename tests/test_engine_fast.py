@@ -229,7 +229,8 @@ def test_autotune(monkeypatch):
         _, sums = rt.run(x, return_sums=True)
         for k in ref:
             np.testing.assert_array_equal(sums[k], ref[k])
-    assert set(rt.backend.kernels.values()) <= {"delta", "xnor"} and rt.backend.kernels
+    assert set(rt.backend.kernels.values()) <= {"delta", "xnor", "sliced", "int"}
+    assert rt.backend.kernels and rt.fusions
 
 
 def test_bench_cli_json(capsys):

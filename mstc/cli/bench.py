@@ -22,7 +22,7 @@ def cmd_bench(args) -> int:
         raise SystemExit("mstc: error: --batch, --threads and --reps must be >= 1")
     if args.model not in list_models() and not Path(args.model).exists():
         raise FileNotFoundError(
-            f"{args.model!r} is neither a checkpoint file nor a model name "
+            f"{args.model!r} is neither a checkpoint or .mstc file nor a model name "
             f"({', '.join(list_models())})"
         )
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
@@ -68,7 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "own process, interleaved over several rounds; print per-layer and whole-network "
         "medians, their ratios and the theoretical BOP ratio.",
     )
-    p.add_argument("model", help="checkpoint path or model name (random weights)")
+    p.add_argument(
+        "model", help="checkpoint path, .mstc file (model rebuilt) or model name (random weights)"
+    )
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--width", type=float, default=1.0, help="width multiplier (model names only)")

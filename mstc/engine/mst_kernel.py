@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from mstc.engine.backend import Backend, register_backend
+from mstc.engine.fold import apply_rule
 from mstc.engine.packed import (
     _set_threads,
     check_input,
@@ -35,6 +36,16 @@ from mstc.engine.packed import (
     packed_input,
     packed_weights,
     xnor_conv,
+)
+from mstc.engine.sliced import (
+    BitPlanes,
+    SlicedLayer,
+    emit_planes,
+    pack_planes,
+    plane_geometry,
+    run_layer,
+    unpack_planes,
+    unpack_sums,
 )
 from mstc.format import BinaryLayerCode
 
@@ -327,6 +338,12 @@ class MSTBackend(Backend):
 
     name = "mst"
     autotune = True
+    #: the runtime may fuse binary conv -> BN -> [max pool] -> binary conv chains (conv2d_fused)
+    fuses = True
+    #: bit-sliced kernel along the trees (False: every channel a root, the dense ablation)
+    sliced_tree = True
+    #: kernel of fused layers and of layers fed bit planes: "sliced", "int" or None (autotune)
+    plane_kernel: str | None = None
 
     def __init__(
         self,
@@ -336,11 +353,18 @@ class MSTBackend(Backend):
         dense_threshold: float = DENSE_THRESHOLD,
         tile_bytes: int = TILE_BYTES,
         autotune: bool | None = None,
+        plane_kernel: str | None = None,
     ) -> None:
         super().__init__(compressed, threads)
         self.tile_bytes = tile_bytes
         if autotune is not None:
             self.autotune = autotune
+        if plane_kernel is not None:
+            if plane_kernel not in ("sliced", "int"):
+                raise ValueError(f"plane_kernel must be 'sliced' or 'int', got {plane_kernel!r}")
+            self.plane_kernel = plane_kernel
+        self._sliced_cache: dict[str, SlicedLayer] = {}
+        self._emit_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.schedules = {
             name: LayerSchedule(layer, dense_threshold) for name, layer in compressed.layers.items()
         }
@@ -430,8 +454,130 @@ class MSTBackend(Backend):
         else:
             _tiles(*args, 0, ntiles, X[0], O[0], out)
 
-    def conv2d(self, layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
+    # -------------------------------------------------------------- bit planes and fusion
+
+    def can_fuse(self, layer: BinaryLayerCode) -> bool:
+        """Whether the layer can consume / produce bit planes (a stride-1 conv)."""
+        return layer.kind == "conv2d" and tuple(layer.stride) == (1, 1)
+
+    def _sliced(self, layer: BinaryLayerCode) -> SlicedLayer:
+        st = self._sliced_cache.get(layer.name)
+        if st is None:
+            st = self._sliced_cache[layer.name] = SlicedLayer(layer, tree=self.sliced_tree)
+        return st
+
+    def _as_planes(self, layer: BinaryLayerCode, x) -> BitPlanes:
+        if isinstance(x, BitPlanes):
+            return x
+        x = check_input(layer, x)
+        return pack_planes(x, plane_geometry(layer, x.shape[0], x.shape[2], x.shape[3]))
+
+    @staticmethod
+    def _as_float(x) -> np.ndarray:
+        if isinstance(x, BitPlanes):
+            return unpack_planes(x).astype(np.float32) * 2 - 1
+        return x
+
+    def _choose(self, key, run_sliced, run_int) -> str:
+        """The plane kernel for ``key``: fixed, or timed once (both are exact)."""
+        kernel = self.kernels.get(key)
+        if kernel is None:
+            kernel = self.plane_kernel
+            if kernel is None:
+                clock = time.thread_time if _set_threads(self.threads) == 1 else time.perf_counter
+                times = {"sliced": float("inf"), "int": float("inf")}
+                for rnd in range(3):  # round 0 loads the kernels and is not counted
+                    for name, f in (("sliced", run_sliced), ("int", run_int)):
+                        t = clock()
+                        f()
+                        if rnd:
+                            times[name] = min(times[name], clock() - t)
+                kernel = min(times, key=times.get)
+            self.kernels[key] = kernel
+        return kernel
+
+    def conv2d_fused(
+        self,
+        layer: BinaryLayerCode,
+        x,
+        rule: tuple[np.ndarray, np.ndarray],
+        pool: bool,
+        consumer: BinaryLayerCode,
+        *,
+        want_sums: bool = False,
+    ) -> tuple[BitPlanes, np.ndarray | None]:
+        """Binary conv with BN + sign folded into ``rule`` (and an optional 2x2 max pool): the
+        next layer's input planes, plus the integer sums if ``want_sums``."""
+        shape = x.shape if isinstance(x, BitPlanes) else np.shape(x)
+        key = (layer.name, "fused", tuple(shape))
+
+        def sliced():
+            return self._fused_sliced(layer, x, rule, pool, consumer, want_sums)
+
+        def integer():
+            return self._fused_int(layer, x, rule, pool, consumer, want_sums)
+
+        return sliced() if self._choose(key, sliced, integer) == "sliced" else integer()
+
+    def _fused_sliced(self, layer, x, rule, pool, consumer, want_sums):
+        planes = self._as_planes(layer, x)
+        st = self._sliced(layer)
+        emit = self._emit_cache.get(layer.name)
+        if emit is None:
+            emit = self._emit_cache[layer.name] = st.emit_rule(*rule)
+        nthreads = _set_threads(self.threads)
+        OB, VS = run_layer(st, planes, emit=emit, want_planes=want_sums, nthreads=nthreads)
+        g = planes.geometry
+        (kh, kw), (dh, dw) = layer.kernel_size, layer.dilation
+        ho, wo = g.hp - dh * (kh - 1), g.wp - dw * (kw - 1)
+        h2, w2 = (ho // 2, wo // 2) if pool else (ho, wo)
+        nxt = plane_geometry(consumer, g.n, h2, w2)
+        out = emit_planes(st, OB, g, pool, nxt)
+        return out, (unpack_sums(st, VS, g) if want_sums else None)
+
+    def _fused_int(self, layer, x, rule, pool, consumer, want_sums):
+        s = self._conv(layer, check_input(layer, self._as_float(x)))
+        u = (s.astype(np.int64) + layer.n) >> 1
+        bits = apply_rule(rule, np.moveaxis(u, 1, -1))  # (N, Ho, Wo, C)
+        bits = np.moveaxis(bits, -1, 1)
+        n, c, ho, wo = bits.shape
+        if pool:
+            bits = bits[:, :, : ho // 2 * 2, : wo // 2 * 2]
+            bits = bits.reshape(n, c, ho // 2, 2, wo // 2, 2).max(axis=(3, 5))
+        xb = bits.astype(np.float32) - 0.5
+        out = pack_planes(xb, plane_geometry(consumer, n, xb.shape[2], xb.shape[3]))
+        return out, (s if want_sums else None)
+
+    def _planes_sums(self, layer: BinaryLayerCode, x: BitPlanes) -> np.ndarray:
+        st = self._sliced(layer)
+        _, VS = run_layer(st, x, emit=None, want_planes=True, nthreads=_set_threads(self.threads))
+        return unpack_sums(st, VS, x.geometry)
+
+    def conv2d(self, layer: BinaryLayerCode, x) -> np.ndarray:
+        if isinstance(x, BitPlanes):
+            if not self.can_fuse(layer):
+                raise ValueError(f"layer {layer.name}: cannot consume bit planes")
+            key = (layer.name, "planes", x.shape)
+
+            def sliced():
+                return self._planes_sums(layer, x)
+
+            def integer():
+                return self._conv(layer, check_input(layer, self._as_float(x)))
+
+            return sliced() if self._choose(key, sliced, integer) == "sliced" else integer()
         return self._conv(layer, check_input(layer, x))
 
     def linear(self, layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
         return self._conv(layer, linear_as_conv(layer, x)).reshape(x.shape[0], layer.cout)
+
+
+@register_backend("sliced-dense")
+class SlicedDenseBackend(MSTBackend):
+    """Ablation of "mst": the same fused bit-sliced kernel with every channel a root (no tree).
+
+    It separates what the MST saves from what fusing BN + sign into the kernel saves."""
+
+    name = "sliced-dense"
+    sliced_tree = False
+    plane_kernel = "sliced"

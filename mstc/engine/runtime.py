@@ -5,10 +5,18 @@ Binary layers go to the chosen backend (integer sums, exact); full-precision ope
 -- in particular every value that a later layer binarises -- is bit-identical to the PyTorch
 model's. (A float re-implementation with another summation order could flip sign() of a value that
 is within rounding of 0 and break the integer contract downstream.)
+
+Fusion. With a backend that sets ``fuses = True`` (the "mst" backend), a chain binary conv ->
+BatchNorm -> [2x2 max pool] -> binary conv whose intermediate values have no other use is run
+without floats in between: the producer's BatchNorm and sign are folded into one exact integer
+threshold per channel (:mod:`mstc.engine.fold`, found by evaluating this runtime's own float ops on
+every reachable integer sum), and the backend hands the consumer its input as bit planes
+(:class:`mstc.engine.sliced.BitPlanes`). Fusion applies at the traced input shape only.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,7 +24,29 @@ import torch
 import torch.nn.functional as F
 
 from mstc.engine.backend import get_backend
-from mstc.format import CompressedModel, Node
+from mstc.engine.fold import threshold_rule
+from mstc.format import BinaryLayerCode, CompressedModel, Node
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """A producer binary conv whose BatchNorm (and max pool) the backend folds into its output."""
+
+    skip: tuple[str, ...]  # the absorbed nodes
+    output: str  # the value the consumer reads (last absorbed node)
+    pool: bool
+    consumer: BinaryLayerCode
+    rule: tuple[np.ndarray, np.ndarray]  # mstc.engine.fold.threshold_rule
+
+
+def _is_pool2(a: dict) -> bool:
+    return (
+        list(a["kernel_size"]) == [2, 2]
+        and list(a["stride"]) == [2, 2]
+        and list(a["padding"]) == [0, 0]
+        and list(a["dilation"]) == [1, 1]
+        and not a["ceil_mode"]
+    )
 
 
 class Runtime:
@@ -31,9 +61,68 @@ class Runtime:
         self._last_use = {
             name: i for i, node in enumerate(compressed.nodes) for name in node.inputs
         }
+        #: producer node name -> Fusion (empty unless the backend fuses)
+        self.fusions: dict[str, Fusion] = {}
+        if getattr(self.backend, "fuses", False):
+            self.fusions = self._plan_fusions()
+        self._skip = {name for f in self.fusions.values() for name in f.skip}
+
+    def _plan_fusions(self) -> dict[str, Fusion]:
+        nodes = self.compressed.nodes
+        layers = self.compressed.layers
+        users: dict[str, list[Node]] = {}
+        for node in nodes:
+            for name in node.inputs:
+                users.setdefault(name, []).append(node)
+
+        def only_user(node: Node, op: str) -> Node | None:
+            u = users.get(node.name, [])
+            return u[0] if len(u) == 1 and u[0].op == op else None
+
+        fusions: dict[str, Fusion] = {}
+        for node in nodes:
+            if node.op != "binary_conv2d":
+                continue
+            layer = layers[node.attrs["layer"]]
+            bn = only_user(node, "batch_norm")
+            if bn is None or not self.backend.can_fuse(layer) or layer.positions <= 1:
+                continue
+            last, pool = bn, False
+            mp = only_user(bn, "max_pool2d")
+            if mp is not None and _is_pool2(mp.attrs):
+                last, pool = mp, True
+            nxt = only_user(last, "binary_conv2d")
+            if nxt is None or not self.backend.can_fuse(layers[nxt.attrs["layer"]]):
+                continue
+            rule = self._fold(layer, bn)
+            if rule is None:
+                continue
+            skip = (bn.name, mp.name) if pool else (bn.name,)
+            fusions[node.name] = Fusion(skip, last.name, pool, layers[nxt.attrs["layer"]], rule)
+        return fusions
+
+    def _fold(self, layer: BinaryLayerCode, bn: Node):
+        """f(y) at every reachable sum y = 2u - n, through the same torch calls as :meth:`run`,
+        shaped (1, Cout, 1, n+1) like an NCHW activation; -> threshold_rule or None."""
+        n = layer.n
+        y = (2 * np.arange(n + 1, dtype=np.int64) - n).astype(np.float32)
+        y = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(y, (1, layer.cout, 1, n + 1))))
+        with torch.no_grad():
+            z = self._apply(bn, [self._finish_binary(layer, y)], {})
+        return threshold_rule(z.reshape(layer.cout, n + 1))
 
     def _p(self, node: Node, name: str) -> torch.Tensor | None:
         return self._params.get(f"{node.name}.{name}")
+
+    @staticmethod
+    def _finish_binary(layer: BinaryLayerCode, y: torch.Tensor) -> torch.Tensor:
+        """Integer sums (as float32) -> scale and bias, exactly as BinaryConv2d._finish."""
+        shape = (1, -1) + (1,) * (y.dim() - 2)
+        if layer.scale is not None:
+            y = y * torch.from_numpy(layer.scale).view(shape)
+        if layer.bias is not None:
+            y = y + torch.from_numpy(layer.bias).view(shape)
+        return y
 
     def run(self, x, *, return_sums: bool = False):
         x = torch.as_tensor(np.asarray(x, dtype=np.float32))
@@ -42,13 +131,25 @@ class Runtime:
             raise ValueError(f"input must have shape (N, {c}, H, W), got {tuple(x.shape)}")
         if torch.isnan(x).any():
             raise ValueError("input contains NaN")
-        values: dict[str, torch.Tensor] = {}
+        values: dict[str, Any] = {}
         sums: dict[str, np.ndarray] = {}
         out: torch.Tensor | None = None
+        fuse = bool(self.fusions) and tuple(x.shape[1:]) == tuple(self.compressed.input_shape)
         with torch.no_grad():
             for i, node in enumerate(self.compressed.nodes):
+                if fuse and node.name in self._skip:
+                    continue
                 args = [values[name] for name in node.inputs]
-                if node.op == "input":
+                f = self.fusions.get(node.name) if fuse else None
+                if f is not None:
+                    layer = self.compressed.layers[node.attrs["layer"]]
+                    planes, s = self.backend.conv2d_fused(
+                        layer, args[0], f.rule, f.pool, f.consumer, want_sums=return_sums
+                    )
+                    values[f.output] = planes
+                    if s is not None:
+                        sums[layer.name] = s
+                elif node.op == "input":
                     values[node.name] = x
                 elif node.op == "output":
                     out = args[0]
@@ -66,19 +167,15 @@ class Runtime:
         op = node.op
         if op in ("binary_conv2d", "binary_linear"):
             layer = self.compressed.layers[a["layer"]]
-            xin = np.ascontiguousarray(args[0].numpy())
+            xin = args[0]
+            if isinstance(xin, torch.Tensor):
+                xin = np.ascontiguousarray(xin.numpy())
             if op == "binary_conv2d":
                 s = self.backend.conv2d(layer, xin)
             else:
                 s = self.backend.linear(layer, xin)
             sums[layer.name] = s
-            y = torch.from_numpy(s.astype(np.float32))
-            shape = (1, -1) + (1,) * (y.dim() - 2)
-            if layer.scale is not None:
-                y = y * torch.from_numpy(layer.scale).view(shape)
-            if layer.bias is not None:
-                y = y + torch.from_numpy(layer.bias).view(shape)
-            return y
+            return self._finish_binary(layer, torch.from_numpy(s.astype(np.float32)))
         x = args[0]
         if op == "conv2d":
             return F.conv2d(

@@ -4,6 +4,7 @@ from mstc.format.file import FORMAT_VERSION, load, save_compressed
 from mstc.format.graph import Node, trace_model
 from mstc.format.layer import BinaryLayerCode
 from mstc.format.model import CompressedModel, compress, default_input_shape
+from mstc.format.torch_model import to_torch
 
 __all__ = [
     "FORMAT_VERSION",
@@ -14,5 +15,6 @@ __all__ = [
     "default_input_shape",
     "load",
     "save_compressed",
+    "to_torch",
     "trace_model",
 ]

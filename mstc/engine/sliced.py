@@ -1,0 +1,751 @@
+"""Bit-sliced MST kernel: vertical popcounts over positions, BN + sign fused into a bit-sliced compare.
+
+Layout (engine-notes.md section 4). A binary activation with C channels is kept as *bit planes*:
+row c of a uint64 array holds one bit per position of the padded grid of the consuming conv, the
+batch stacked along the height: bit ``(n*Hp + h + ph) * Wp + w + pw`` is 1 iff x[n, c, h, w] >= 0
+(padding is bit 0 = -1). For a stride-1 conv, the output at grid index q = (n*Hp + h)*Wp + w reads
+tap (c, ky, kx) at bit ``q + ky*dh*Wp + kx*dw``: every tap is the channel's plane shifted by a
+constant, so the "im2col" of a tile of 64*TW positions is K shifted word runs.
+
+Arithmetic, per tile and per output channel j, all 64*TW positions at once:
+
+- u_j = (y_j + n) / 2 is the number of taps where x agrees with w_j (y = 2u - n).
+- A root: u = sum_k match_k, a vertical popcount of the K match vectors (x_k XNOR w_jk),
+  accumulated as a bit-sliced binary counter (Harley-Seal carry-save blocks of 16, then 4, then 1).
+- A child of p over its difference list D_j (d taps), with m = matches over D_j:
+  y_j = y_p + 2*(2m - d)  =>  u_j = u_p + 2m - d; for a complement edge u_j = n - u_p + 2m - d.
+  Each channel keeps v_j = u_j - c_j in B bit planes with a per-channel constant c_j, so that the
+  update is an add of 2m only: v_j = v_p + 2m, or (complement) v_j = (2^b - 1 - v_p) + 2m, the
+  complement taken over the b planes v_p can occupy; c_j and B follow from interval bounds.
+- Emit: the next layer's input bit is a threshold on u (mstc.engine.fold) -- u >= t or u <= t --
+  i.e. a compare of v against the constant t - c_j, done bit-sliced from the top plane down. Or
+  the integer sums y = 2(v + c) - n are unpacked (a chain's last layer, and verification).
+
+Channels are visited in depth-first preorder, so the parent of a node at depth t is the last node
+seen at depth t - 1: scratch planes are needed for one node per tree level only.
+
+Oracle: the reference backend (tree walk) and the packed backend (XNOR-popcount), tested equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from mstc.format import BinaryLayerCode
+
+#: words (of 64 positions) per tile: long enough for the word loops to vectorise (AVX2/AVX-512),
+#: short enough for the tile's tap runs (K x TW words) to stay in L2
+TW = 64
+
+#: emit modes of a channel: constant 0, constant 1, v >= T, v <= T (as NOT v >= T+1)
+CONST0, CONST1, GE, LE = 0, 1, 2, 3
+
+
+def bitlen(x: int) -> int:
+    return max(1, int(x).bit_length())
+
+
+# ------------------------------------------------------------------------------------- planes
+
+
+@dataclass(frozen=True)
+class PlaneGeometry:
+    """The padded grid of a binary conv's input: N images of H x W, padding (ph, pw)."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    ph: int
+    pw: int
+    words: int  # allocated words per channel (grid + slack for shifted reads)
+
+    @property
+    def hp(self) -> int:
+        return self.h + 2 * self.ph
+
+    @property
+    def wp(self) -> int:
+        return self.w + 2 * self.pw
+
+
+@dataclass(frozen=True)
+class BitPlanes:
+    """A binary activation in the bit-plane layout of the conv that consumes it (see module doc)."""
+
+    bits: np.ndarray  # uint64 (C, words)
+    geometry: PlaneGeometry
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        g = self.geometry
+        return (g.n, g.c, g.h, g.w)
+
+
+def grid_words(n: int, hp: int, wp: int) -> int:
+    """Words of 64 positions covering a grid of n images of hp x wp."""
+    return (n * hp * wp + 63) // 64
+
+
+def plane_geometry(layer: BinaryLayerCode, n: int, h: int, w: int) -> PlaneGeometry:
+    """Geometry (with slack) of the input planes of ``layer`` for an (n, cin, h, w) input."""
+    (kh, kw), (ph, pw), (dh, dw) = layer.kernel_size, layer.padding, layer.dilation
+    hp, wp = h + 2 * ph, w + 2 * pw
+    smax = (kh - 1) * dh * wp + (kw - 1) * dw
+    return PlaneGeometry(n, layer.cin, h, w, ph, pw, grid_words(n, hp, wp) + smax // 64 + 2)
+
+
+@njit(cache=True, inline="always")
+def _extract(row, pos, length):  # pragma: no cover - numba
+    """``length`` (1..64) bits of ``row`` from bit ``pos``, as the low bits of a uint64.
+    Branch-free (a data-dependent branch here cost 9x); reads ``row[pos // 64 + 1]``."""
+    p = np.uint64(pos)
+    a = p >> np.uint64(6)
+    b = p & np.uint64(63)
+    hi = (row[a + np.uint64(1)] << np.uint64(1)) << (np.uint64(63) - b)  # 0 when b == 0
+    return ((row[a] >> b) | hi) & (~np.uint64(0) >> np.uint64(64 - length))
+
+
+@njit(cache=True, inline="always")
+def _place(row, pos, v, length):  # pragma: no cover - numba
+    """OR ``v`` (its low ``length`` bits, the rest 0) into ``row`` at bit ``pos``; branch-free,
+    touches ``row[pos // 64 + 1]``."""
+    p = np.uint64(pos)
+    a = p >> np.uint64(6)
+    b = p & np.uint64(63)
+    row[a] |= v << b
+    row[a + np.uint64(1)] |= (v >> np.uint64(1)) >> (np.uint64(63) - b)
+
+
+@njit(cache=True)
+def _place_rows(flat, H, W, ph, pw, out):  # pragma: no cover - numba
+    """out[c] bits (n*Hp + h + ph)*Wp + pw + [0, W) = bits h*W + [0, W) of flat[n, c]."""
+    N, C = flat.shape[0], flat.shape[1]
+    Hp = H + 2 * ph
+    Wp = W + 2 * pw
+    for c in range(C):
+        row = out[c]
+        for n in range(N):
+            src = flat[n, c]
+            for h in range(H):
+                base = (n * Hp + h + ph) * Wp + pw
+                for w0 in range(0, W, 64):
+                    ln = min(64, W - w0)
+                    _place(row, base + w0, _extract(src, h * W + w0, ln), ln)
+
+
+def pack_planes(x: np.ndarray, geometry: PlaneGeometry) -> BitPlanes:
+    """Fused sign + pack of a float32 NCHW input into bit planes of ``geometry``."""
+    g = geometry
+    if x.shape != (g.n, g.c, g.h, g.w):
+        raise ValueError(f"input of shape {x.shape}, planes expect {(g.n, g.c, g.h, g.w)}")
+    out = np.zeros((g.c, g.words), dtype=np.uint64)
+    if x.size:
+        # sign (x >= 0: sign(0) = +1, NaN -> -1); each image plane packed little-endian
+        hw = g.h * g.w
+        bits = np.packbits((np.asarray(x) >= 0).reshape(g.n, g.c, hw), axis=-1, bitorder="little")
+        buf = np.zeros((g.n, g.c, ((hw + 63) // 64 + 1) * 8), dtype=np.uint8)  # + 1 word read
+        buf[..., : bits.shape[-1]] = bits
+        _place_rows(buf.view("<u8"), g.h, g.w, g.ph, g.pw, out)
+    return BitPlanes(out, g)
+
+
+@njit(cache=True)
+def _unpack_planes(bits, N, H, W, ph, pw, out):  # pragma: no cover - numba
+    C = bits.shape[0]
+    Hp = H + 2 * ph
+    Wp = W + 2 * pw
+    for c in range(C):
+        for n in range(N):
+            for h in range(H):
+                base = (n * Hp + h + ph) * Wp + pw
+                for w in range(W):
+                    q = base + w
+                    out[n, c, h, w] = (bits[c, q >> 6] >> np.uint64(q & 63)) & np.uint64(1)
+
+
+def unpack_planes(planes: BitPlanes) -> np.ndarray:
+    """The {0,1} uint8 (N, C, H, W) bits of a BitPlanes (1 = +1); for tests and debugging."""
+    g = planes.geometry
+    out = np.zeros((g.n, g.c, g.h, g.w), dtype=np.uint8)
+    _unpack_planes(planes.bits, g.n, g.h, g.w, g.ph, g.pw, out)
+    return out
+
+
+# ------------------------------------------------------------------------------------ schedule
+
+
+def dfs_preorder(parent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, depth): the forest's nodes in depth-first preorder and each one's depth."""
+    cout = len(parent)
+    children: list[list[int]] = [[] for _ in range(cout)]
+    roots = []
+    for j in range(cout):
+        p = int(parent[j])
+        (roots if p < 0 else children[p]).append(j)
+    order, depth = [], []
+    stack = [(r, 0) for r in reversed(roots)]
+    while stack:
+        j, t = stack.pop()
+        order.append(j)
+        depth.append(t)
+        stack.extend((c, t + 1) for c in reversed(children[j]))
+    if len(order) != cout:
+        raise ValueError("parent array is not a forest")
+    return np.asarray(order, dtype=np.int32), np.asarray(depth, dtype=np.int32)
+
+
+class SlicedLayer:
+    """The bit-sliced schedule of one binary conv (stride 1, groups 1): preorder, difference lists
+    with their match masks, per-node counter width, offsets c_j and plane count B.
+
+    ``tree=False`` computes every channel as a root (dense bit-sliced; the ablation baseline)."""
+
+    def __init__(self, layer: BinaryLayerCode, *, tree: bool = True) -> None:
+        if layer.kind != "conv2d" or tuple(layer.stride) != (1, 1):
+            raise ValueError(f"layer {layer.name}: the bit-sliced kernel needs a stride-1 conv")
+        self.layer = layer
+        n = layer.n
+        kh, kw = layer.kernel_size
+        dh, dw = layer.dilation
+        bits = layer.weight_bits()
+        parent = layer.parent.astype(np.int64) if tree else np.full(layer.cout, -1)
+        negate = layer.negate.astype(bool) & (parent >= 0)
+        order, depth = dfs_preorder(parent)
+        cout = layer.cout
+        ptr = np.zeros(cout + 1, dtype=np.int64)
+        idx_rows, flip_rows = [], []
+        kind = np.zeros(cout, dtype=np.int8)  # 0 root, 1 child, 2 complement child
+        ncomp = np.zeros(cout, dtype=np.int32)
+        nbits = np.zeros(cout, dtype=np.int32)
+        c = np.zeros(cout, dtype=np.int64)  # by channel
+        lo = np.zeros(cout, dtype=np.int64)
+        hi = np.zeros(cout, dtype=np.int64)
+        for e, j in enumerate(order):
+            p = parent[j]
+            if p < 0:
+                taps = np.arange(n)
+                c[j], lo[j], hi[j] = 0, 0, n
+            else:
+                taps = layer.diffs(j)
+                d = len(taps)
+                if negate[j]:
+                    kind[e] = 2
+                    b = bitlen(hi[p])
+                    ncomp[e] = b
+                    mp = (1 << b) - 1
+                    c[j] = n - c[p] - d - mp
+                    lo[j], hi[j] = mp - hi[p], mp - lo[p] + 2 * d
+                else:
+                    kind[e] = 1
+                    c[j] = c[p] - d
+                    lo[j], hi[j] = lo[p], hi[p] + 2 * d
+                lo[j] = max(lo[j], -c[j])
+                hi[j] = min(hi[j], n - c[j])
+            idx_rows.append(taps.astype(np.int32))
+            # match vector of tap k: x_k if w_jk = +1 else NOT x_k
+            flip_rows.append(np.where(bits[j, taps] == 1, 0, ~np.uint64(0)).astype(np.uint64))
+            nbits[e] = bitlen(len(taps))
+            ptr[e + 1] = ptr[e] + len(taps)
+        self.order = order
+        self.depth = depth
+        self.kind = kind
+        self.ncomp = ncomp
+        self.ptr = ptr
+        self.tap_idx = np.concatenate(idx_rows) if idx_rows else np.zeros(0, np.int32)
+        self.tap_flip = np.concatenate(flip_rows) if flip_rows else np.zeros(0, np.uint64)
+        self.nbits = nbits
+        self.c = c  # v_j = u_j - c_j, by channel
+        self.vmax = hi
+        self.planes = bitlen(int(hi.max()) if cout else 1)
+        # tap k = ci*kh*kw + ky*kw + kx reads channel ci at a constant bit shift
+        k = np.arange(n)
+        self._tap_c = (k // (kh * kw)).astype(np.int32)
+        self._tap_ky = ((k // kw) % kh).astype(np.int64)
+        self._tap_kx = (k % kw).astype(np.int64)
+        self._dhw = (dh, dw)
+
+    def tap_shifts(self, wp: int) -> tuple[np.ndarray, np.ndarray]:
+        s = self._tap_ky * self._dhw[0] * wp + self._tap_kx * self._dhw[1]
+        return (s >> 6).astype(np.int64), (s & 63).astype(np.int64)
+
+    def emit_rule(self, mode_u: np.ndarray, t_u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-node (preorder) emit mode and uint64 threshold on v from a rule on u per channel:
+        mode_u GE: bit = u >= t; LE: bit = u <= t; CONST0 / CONST1."""
+        mode = np.empty(len(self.order), dtype=np.int8)
+        tv = np.zeros(len(self.order), dtype=np.uint64)
+        for e, j in enumerate(self.order):
+            m = int(mode_u[j])
+            if m in (CONST0, CONST1):
+                mode[e] = m
+                continue
+            t = int(t_u[j]) - int(self.c[j])  # u >= t  <=>  v >= t - c
+            if m == LE:
+                t += 1  # u <= t  <=>  NOT v >= t - c + 1
+            if t <= 0:
+                mode[e] = CONST1 if m == GE else CONST0
+            elif t > self.vmax[j]:
+                mode[e] = CONST0 if m == GE else CONST1
+            else:
+                mode[e] = m
+                tv[e] = t
+        return mode, tv
+
+
+# ------------------------------------------------------------------------------------- kernel
+
+
+@njit(cache=True)
+def _tiles(
+    X, tap_c, tap_w, tap_b, order, depth, kind, ncomp, ptr, tidx, tflip, nbits, B,
+    emode, etv, ow, t_begin, t_end, OB, VS,
+):  # fmt: skip  # pragma: no cover - numba
+    """Tiles [t_begin, t_end) of TW words (of ``ow`` words in all): OB[j, word] = emitted bits (if OB.shape[0]),
+    VS[j, b, word] = planes of v_j (if VS.shape[0])."""
+    K = tap_c.shape[0]
+    cout = order.shape[0]
+    nlev = 1
+    lmax = 1
+    for e in range(cout):
+        nlev = max(nlev, depth[e] + 1)
+        lmax = max(lmax, nbits[e])
+    XT = np.empty((K, TW), np.uint64)
+    V = np.zeros((nlev, B, TW), np.uint64)
+    M = np.zeros((lmax + 1, TW), np.uint64)
+    C4 = np.empty(TW, np.uint64)
+    GE_ = np.empty(TW, np.uint64)
+    EQ = np.empty(TW, np.uint64)
+    ones = ~np.uint64(0)
+    want_bits = OB.shape[0] > 0
+    want_planes = VS.shape[0] > 0
+    for t in range(t_begin, t_end):
+        t0 = t * TW
+        tw = min(TW, ow - t0)
+        for k in range(K):  # shifted tap runs of this tile
+            row = X[tap_c[k]]
+            wa = t0 + tap_w[k]
+            bs = tap_b[k]
+            if bs == 0:
+                for i in range(tw):
+                    XT[k, i] = row[wa + i]
+            else:
+                sb = np.uint64(bs)
+                cb = np.uint64(64 - bs)
+                for i in range(tw):
+                    XT[k, i] = (row[wa + i] >> sb) | (row[wa + i + 1] << cb)
+        for e in range(cout):
+            j = order[e]
+            L = nbits[e]
+            for l in range(L):
+                for i in range(tw):
+                    M[l, i] = 0
+            q = ptr[e]
+            q1 = ptr[e + 1]
+            while q + 16 <= q1:  # Harley-Seal block: ones/twos/fours/eights, ripple the 16s
+                k0 = tidx[q]
+                k1 = tidx[q + 1]
+                k2 = tidx[q + 2]
+                k3 = tidx[q + 3]
+                k4 = tidx[q + 4]
+                k5 = tidx[q + 5]
+                k6 = tidx[q + 6]
+                k7 = tidx[q + 7]
+                k8 = tidx[q + 8]
+                k9 = tidx[q + 9]
+                k10 = tidx[q + 10]
+                k11 = tidx[q + 11]
+                k12 = tidx[q + 12]
+                k13 = tidx[q + 13]
+                k14 = tidx[q + 14]
+                k15 = tidx[q + 15]
+                f0 = tflip[q]
+                f1 = tflip[q + 1]
+                f2 = tflip[q + 2]
+                f3 = tflip[q + 3]
+                f4 = tflip[q + 4]
+                f5 = tflip[q + 5]
+                f6 = tflip[q + 6]
+                f7 = tflip[q + 7]
+                f8 = tflip[q + 8]
+                f9 = tflip[q + 9]
+                f10 = tflip[q + 10]
+                f11 = tflip[q + 11]
+                f12 = tflip[q + 12]
+                f13 = tflip[q + 13]
+                f14 = tflip[q + 14]
+                f15 = tflip[q + 15]
+                for i in range(tw):
+                    o1 = M[0, i]
+                    o2 = M[1, i]
+                    o4 = M[2, i]
+                    o8 = M[3, i]
+                    # CSA(h, l | a, b, c) = (carry, sum)
+                    xa = XT[k0, i] ^ f0
+                    xb = XT[k1, i] ^ f1
+                    u = o1 ^ xa
+                    tA = (o1 & xa) | (u & xb)
+                    o1 = u ^ xb
+                    xa = XT[k2, i] ^ f2
+                    xb = XT[k3, i] ^ f3
+                    u = o1 ^ xa
+                    tB = (o1 & xa) | (u & xb)
+                    o1 = u ^ xb
+                    u = o2 ^ tA
+                    fA = (o2 & tA) | (u & tB)
+                    o2 = u ^ tB
+                    xa = XT[k4, i] ^ f4
+                    xb = XT[k5, i] ^ f5
+                    u = o1 ^ xa
+                    tA = (o1 & xa) | (u & xb)
+                    o1 = u ^ xb
+                    xa = XT[k6, i] ^ f6
+                    xb = XT[k7, i] ^ f7
+                    u = o1 ^ xa
+                    tB = (o1 & xa) | (u & xb)
+                    o1 = u ^ xb
+                    u = o2 ^ tA
+                    fB = (o2 & tA) | (u & tB)
+                    o2 = u ^ tB
+                    u = o4 ^ fA
+                    eA = (o4 & fA) | (u & fB)
+                    o4 = u ^ fB
+                    xa = XT[k8, i] ^ f8
+                    xb = XT[k9, i] ^ f9
+                    u = o1 ^ xa
+                    tA = (o1 & xa) | (u & xb)
+                    o1 = u ^ xb
+                    xa = XT[k10, i] ^ f10
+                    xb = XT[k11, i] ^ f11
+                    u = o1 ^ xa
+                    tB = (o1 & xa) | (u & xb)
+                    o1 = u ^ xb
+                    u = o2 ^ tA
+                    fA = (o2 & tA) | (u & tB)
+                    o2 = u ^ tB
+                    xa = XT[k12, i] ^ f12
+                    xb = XT[k13, i] ^ f13
+                    u = o1 ^ xa
+                    tA = (o1 & xa) | (u & xb)
+                    o1 = u ^ xb
+                    xa = XT[k14, i] ^ f14
+                    xb = XT[k15, i] ^ f15
+                    u = o1 ^ xa
+                    tB = (o1 & xa) | (u & xb)
+                    o1 = u ^ xb
+                    u = o2 ^ tA
+                    fB = (o2 & tA) | (u & tB)
+                    o2 = u ^ tB
+                    u = o4 ^ fA
+                    eB = (o4 & fA) | (u & fB)
+                    o4 = u ^ fB
+                    u = o8 ^ eA
+                    C4[i] = (o8 & eA) | (u & eB)
+                    o8 = u ^ eB
+                    M[0, i] = o1
+                    M[1, i] = o2
+                    M[2, i] = o4
+                    M[3, i] = o8
+                for l in range(4, L):
+                    for i in range(tw):
+                        x = M[l, i]
+                        M[l, i] = x ^ C4[i]
+                        C4[i] = x & C4[i]
+                q += 16
+            while q + 4 <= q1:  # blocks of 4: two CSAs into ones/twos, ripple the fours
+                k0 = tidx[q]
+                k1 = tidx[q + 1]
+                k2 = tidx[q + 2]
+                k3 = tidx[q + 3]
+                f0 = tflip[q]
+                f1 = tflip[q + 1]
+                f2 = tflip[q + 2]
+                f3 = tflip[q + 3]
+                for i in range(tw):
+                    o1 = M[0, i]
+                    o2 = M[1, i]
+                    xa = XT[k0, i] ^ f0
+                    xb = XT[k1, i] ^ f1
+                    u = o1 ^ xa
+                    tA = (o1 & xa) | (u & xb)
+                    o1 = u ^ xb
+                    xa = XT[k2, i] ^ f2
+                    xb = XT[k3, i] ^ f3
+                    u = o1 ^ xa
+                    tB = (o1 & xa) | (u & xb)
+                    o1 = u ^ xb
+                    u = o2 ^ tA
+                    C4[i] = (o2 & tA) | (u & tB)
+                    M[1, i] = u ^ tB
+                    M[0, i] = o1
+                for l in range(2, L):
+                    for i in range(tw):
+                        x = M[l, i]
+                        M[l, i] = x ^ C4[i]
+                        C4[i] = x & C4[i]
+                q += 4
+            while q < q1:  # single taps: ripple from the ones
+                k0 = tidx[q]
+                f0 = tflip[q]
+                for i in range(tw):
+                    C4[i] = XT[k0, i] ^ f0
+                for l in range(L):
+                    for i in range(tw):
+                        x = M[l, i]
+                        M[l, i] = x ^ C4[i]
+                        C4[i] = x & C4[i]
+                q += 1
+            dj = depth[e]
+            P = V[dj]
+            kd = kind[e]
+            if kd == 0:  # root: v = m
+                for b in range(B):
+                    if b < L:
+                        for i in range(tw):
+                            P[b, i] = M[b, i]
+                    else:
+                        for i in range(tw):
+                            P[b, i] = 0
+            else:  # v = src + 2m, src = v_parent or its complement over ncomp planes
+                S = V[dj - 1]
+                nc = ncomp[e] if kd == 2 else 0
+                for i in range(tw):
+                    P[0, i] = S[0, i] ^ ones if nc > 0 else S[0, i]
+                    C4[i] = 0
+                for b in range(1, B):
+                    fl = ones if b < nc else np.uint64(0)
+                    if b - 1 < L:
+                        for i in range(tw):
+                            s = S[b, i] ^ fl
+                            m = M[b - 1, i]
+                            u = s ^ m
+                            P[b, i] = u ^ C4[i]
+                            C4[i] = (s & m) | (u & C4[i])
+                    else:
+                        for i in range(tw):
+                            s = S[b, i] ^ fl
+                            P[b, i] = s ^ C4[i]
+                            C4[i] = s & C4[i]
+            if want_planes:
+                for b in range(B):
+                    for i in range(tw):
+                        VS[j, b, t0 + i] = P[b, i]
+            if want_bits:
+                md = emode[e]
+                if md == 0:
+                    for i in range(tw):
+                        OB[j, t0 + i] = 0
+                elif md == 1:
+                    for i in range(tw):
+                        OB[j, t0 + i] = ones
+                else:
+                    T = etv[e]
+                    for i in range(tw):
+                        GE_[i] = 0
+                        EQ[i] = ones
+                    for bb in range(B):
+                        b = B - 1 - bb
+                        if (T >> np.uint64(b)) & np.uint64(1):
+                            for i in range(tw):
+                                EQ[i] &= P[b, i]
+                        else:
+                            for i in range(tw):
+                                GE_[i] |= EQ[i] & P[b, i]
+                    if md == 2:
+                        for i in range(tw):
+                            OB[j, t0 + i] = GE_[i] | EQ[i]
+                    else:
+                        for i in range(tw):
+                            OB[j, t0 + i] = ~(GE_[i] | EQ[i])
+
+
+@njit(parallel=True, cache=True)
+def _tiles_par(
+    X, tap_c, tap_w, tap_b, order, depth, kind, ncomp, ptr, tidx, tflip, nbits, B,
+    emode, etv, ow, ntiles, nchunks, OB, VS,
+):  # fmt: skip  # pragma: no cover - numba
+    for ch in prange(nchunks):
+        _tiles(
+            X, tap_c, tap_w, tap_b, order, depth, kind, ncomp, ptr, tidx, tflip, nbits, B,
+            emode, etv, ow, ch * ntiles // nchunks, (ch + 1) * ntiles // nchunks, OB, VS,
+        )  # fmt: skip
+
+
+def run_layer(
+    sched: SlicedLayer,
+    planes: BitPlanes,
+    *,
+    emit: tuple[np.ndarray, np.ndarray] | None,
+    want_planes: bool,
+    nthreads: int = 1,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Run one layer on input planes: (emitted bits [Cout, words] or None, v planes
+    [Cout, B, words] or None), over the output grid of the input geometry."""
+    g = planes.geometry
+    ow = grid_words(g.n, g.hp, g.wp)
+    tw, tb = sched.tap_shifts(g.wp)
+    cout = sched.layer.cout
+    B = sched.planes
+    OB = np.empty((cout if emit is not None else 0, ow + 1), dtype=np.uint64)
+    VS = np.empty((cout if want_planes else 0, B, ow), dtype=np.uint64)
+    if emit is None:
+        emode = np.zeros(cout, np.int8)
+        etv = np.zeros(cout, np.uint64)
+    else:
+        emode, etv = emit
+    if emit is not None:
+        OB[:, ow] = 0
+    ntiles = -(-ow // TW)
+    args = (
+        planes.bits, sched._tap_c, tw, tb, sched.order, sched.depth, sched.kind, sched.ncomp,
+        sched.ptr, sched.tap_idx, sched.tap_flip, sched.nbits, B, emode, etv, ow,
+    )  # fmt: skip
+    if nthreads > 1 and ntiles > 1:
+        _tiles_par(*args, ntiles, min(ntiles, 4 * nthreads), OB, VS)
+    elif ntiles:
+        _tiles(*args, 0, ntiles, OB, VS)
+    return (OB if emit is not None else None), (VS if want_planes else None)
+
+
+# ------------------------------------------------------------------------------------ emitters
+
+
+@njit(cache=True)
+def _unpack_sums(VS, c, n_taps, N, Hp, Wp, Ho, Wo, out):  # pragma: no cover - numba
+    """out[n, j, h, w] = 2 * (v_j + c_j) - n_taps at grid index (n*Hp + h)*Wp + w: v of a whole
+    word of positions at once, one plane after the other (the bit loop vectorises)."""
+    cout, B, ow = VS.shape
+    val = np.empty(ow * 64, np.int32)
+    for j in range(cout):
+        for a in range(ow):
+            base = a * 64
+            for t in range(64):
+                val[base + t] = 0
+            for b in range(B):
+                w = VS[j, b, a]
+                for t in range(64):
+                    val[base + t] += np.int32((w >> np.uint64(t)) & np.uint64(1)) << np.int32(b)
+        cj = c[j]
+        for n in range(N):
+            for h in range(Ho):
+                q0 = (n * Hp + h) * Wp
+                for w in range(Wo):
+                    out[n, j, h, w] = 2 * (val[q0 + w] + cj) - n_taps
+
+
+def unpack_sums(sched: SlicedLayer, VS: np.ndarray, geometry: PlaneGeometry) -> np.ndarray:
+    """int32 sums (N, Cout, Ho, Wo) of a stride-1 conv from its v planes."""
+    g = geometry
+    (kh, kw), (dh, dw) = sched.layer.kernel_size, sched.layer.dilation
+    ho, wo = g.hp - dh * (kh - 1), g.wp - dw * (kw - 1)
+    out = np.empty((g.n, sched.layer.cout, ho, wo), dtype=np.int32)
+    _unpack_sums(VS, sched.c, sched.layer.n, g.n, g.hp, g.wp, ho, wo, out)
+    return out
+
+
+@njit(cache=True, inline="always")
+def _even_bits(x):  # pragma: no cover - numba
+    """Bits 0, 2, 4, ..., 62 of x compressed into the low 32 bits."""
+    x &= np.uint64(0x5555555555555555)
+    x = (x | (x >> np.uint64(1))) & np.uint64(0x3333333333333333)
+    x = (x | (x >> np.uint64(2))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    x = (x | (x >> np.uint64(4))) & np.uint64(0x00FF00FF00FF00FF)
+    x = (x | (x >> np.uint64(8))) & np.uint64(0x0000FFFF0000FFFF)
+    x = (x | (x >> np.uint64(16))) & np.uint64(0x00000000FFFFFFFF)
+    return x
+
+
+@njit(cache=True)
+def _valid_mask(N, Hp, Wp, Ho, Wo, words):  # pragma: no cover - numba
+    """Bit q = (n*Hp + h)*Wp + w set for the valid outputs h < Ho, w < Wo of a stride-1 conv."""
+    m = np.zeros(words, np.uint64)
+    for n in range(N):
+        for h in range(Ho):
+            base = (n * Hp + h) * Wp
+            for w in range(Wo):
+                q = base + w
+                m[q >> 6] |= np.uint64(1) << np.uint64(q & 63)
+    return m
+
+
+@njit(cache=True)
+def _emit_shift(OB, valid, s, out):  # pragma: no cover - numba
+    """out[j] = (OB[j] AND valid) shifted up by s bits (same grid, next conv's padding)."""
+    cout = OB.shape[0]
+    ow = valid.shape[0]
+    sw = s >> 6
+    sb = np.uint64(s & 63)
+    cb = np.uint64(64 - (s & 63))
+    n_out = out.shape[1]
+    for j in range(cout):
+        src = OB[j]
+        dst = out[j]
+        if sb == 0:
+            for a in range(min(ow, n_out - sw)):
+                dst[a + sw] = src[a] & valid[a]
+        else:
+            prev = np.uint64(0)
+            for a in range(min(ow, n_out - sw - 1)):
+                cur = src[a] & valid[a]
+                dst[a + sw] = (cur << sb) | prev
+                prev = cur >> cb
+            if ow + sw < n_out:
+                dst[ow + sw] = prev
+
+
+@njit(cache=True)
+def _emit_pool(OB, N, Hp, Wp, Ho, Wo, Hp2, Wp2, ph2, pw2, tmp, out):  # pragma: no cover
+    """2x2 stride-2 max pool (max then sign = OR of the signs) of the valid outputs into the
+    zeroed planes ``out`` of the next conv: OR each row with the next one and each bit with its
+    right neighbour word-wise, then keep the even bits of the even rows."""
+    cout = OB.shape[0]
+    ow = tmp.shape[0] - 1
+    wsh = Wp >> 6
+    wsb = np.uint64(Wp & 63)
+    wcb = np.uint64(64 - (Wp & 63))
+    H2 = Ho // 2
+    W2 = Wo // 2
+    for j in range(cout):
+        src = OB[j]
+        ns = src.shape[0]
+        for a in range(ow):  # tmp = src | (src >> Wp): bit q gets bit q + Wp
+            hi = src[a + wsh] >> wsb if a + wsh < ns else np.uint64(0)
+            if wsb > 0 and a + wsh + 1 < ns:
+                hi |= src[a + wsh + 1] << wcb
+            tmp[a] = src[a] | hi
+        for a in range(ow):  # bit q |= bit q + 1
+            nxt = tmp[a + 1] << np.uint64(63) if a + 1 < ow else np.uint64(0)
+            tmp[a] = tmp[a] | (tmp[a] >> np.uint64(1)) | nxt
+        dst = out[j]
+        for n in range(N):
+            for h2 in range(H2):
+                s0 = (n * Hp + 2 * h2) * Wp
+                d0 = (n * Hp2 + h2 + ph2) * Wp2 + pw2
+                for w0 in range(0, W2, 32):
+                    ln = min(32, W2 - w0)
+                    x = _even_bits(_extract(tmp, s0 + 2 * w0, 2 * ln))
+                    _place(dst, d0 + w0, x, ln)
+
+
+def emit_planes(
+    sched: SlicedLayer, OB: np.ndarray, geometry: PlaneGeometry, pool: bool, nxt: PlaneGeometry
+) -> BitPlanes:
+    """The next conv's input planes from a layer's emitted bits (optionally 2x2 max-pooled)."""
+    g = geometry
+    (kh, kw), (dh, dw) = sched.layer.kernel_size, sched.layer.dilation
+    ho, wo = g.hp - dh * (kh - 1), g.wp - dw * (kw - 1)
+    expect = (ho // 2, wo // 2) if pool else (ho, wo)
+    if (nxt.h, nxt.w) != expect or nxt.n != g.n or nxt.c != sched.layer.cout:
+        raise ValueError(f"next planes {nxt} do not match the output {expect}")
+    out = np.zeros((nxt.c, nxt.words), dtype=np.uint64)
+    ow = grid_words(g.n, g.hp, g.wp)
+    if pool:
+        tmp = np.zeros(ow + 1, dtype=np.uint64)  # + 1 word read by _extract
+        _emit_pool(OB, g.n, g.hp, g.wp, ho, wo, nxt.hp, nxt.wp, nxt.ph, nxt.pw, tmp, out)
+    elif (nxt.hp, nxt.wp) == (g.hp, g.wp):
+        _emit_shift(OB, _valid_mask(g.n, g.hp, g.wp, ho, wo, ow), nxt.ph * g.wp + nxt.pw, out)
+    else:
+        raise ValueError(f"next planes {nxt}: only the same padded grid or a 2x2 pool is supported")
+    return BitPlanes(out, nxt)
