@@ -1,8 +1,10 @@
-"""Benchmark matrix of the engines (BENCHMARKS.md): torch float vs "packed" vs "mst".
+"""Benchmark matrix of the engines (BENCHMARKS.md): torch float vs "packed" vs "mst" (and the
+"sliced-dense" ablation: the fused bit-sliced kernel with every channel a root).
 
 Runs ``mstc.bench.run_bench`` (each backend in its own process, interleaved rounds) over
-models x weights (random / clustered) x batch x threads, appends one JSON object per run to
-``--out`` and prints the markdown tables of BENCHMARKS.md.
+models x weights (random / clustered / trained) x batch x threads, appends one JSON object per run
+to ``--out`` and prints the markdown tables of BENCHMARKS.md. "trained" is the committed
+regularized checkpoint ``TRAINED[model]`` (vgg_small only).
 
     .venv/bin/python benchmarks/bench_engines.py --out /tmp/engines.jsonl
     .venv/bin/python benchmarks/bench_engines.py --table /tmp/engines.jsonl   # tables only
@@ -19,12 +21,26 @@ import time
 from mstc.bench import run_bench
 
 CLUSTER = {"centres": 4, "flip": 0.02, "invert": 0.0, "seed": 0}
+TRAINED = {"vgg_small": "results/models/vgg_small_w0.25_fmnist_lam3e-5_k4.mstc"}
+BACKENDS = ("torch", "packed", "mst", "sliced-dense")
+
+
+def _weights(r: dict) -> str:
+    if r["model"].endswith(".mstc"):
+        return "trained"
+    return "clustered" if r.get("cluster") else "random"
+
+
+def _name(r: dict) -> str:
+    m = r["model"]
+    return next((k for k, v in TRAINED.items() if v == m), m)
 
 
 def table(rows: list[dict]) -> str:
     head = (
         "| model | weights | batch | threads | clock | BOP ratio | torch ms | packed ms | mst ms "
-        "| torch/packed | packed/mst | torch/mst |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| sliced-dense ms | torch/packed | packed/mst | torch/mst |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     out = ["### Binary layers only (sum of per-layer medians)", "", head]
     for key in ("binary_ms", "median_ms"):
@@ -32,28 +48,25 @@ def table(rows: list[dict]) -> str:
             out += ["", "### Whole network (median of full forward passes)", "", head]
         for r in rows:
             ms = r[key]
-            weights = "clustered" if r.get("cluster") else "random"
+            sd = f"{ms['sliced-dense']:.2f}" if "sliced-dense" in ms else "-"
             out.append(
-                f"| {r['model']} | {weights} | {r['batch']} | {r['threads']} | {r['clock']} | "
+                f"| {_name(r)} | {_weights(r)} | {r['batch']} | {r['threads']} | {r['clock']} | "
                 f"{r['bop_ratio']:.1f} | {ms['torch']:.2f} | {ms['packed']:.2f} | {ms['mst']:.2f} "
-                f"| {ms['torch'] / ms['packed']:.1f} | {ms['packed'] / ms['mst']:.2f} "
+                f"| {sd} | {ms['torch'] / ms['packed']:.1f} | {ms['packed'] / ms['mst']:.2f} "
                 f"| {ms['torch'] / ms['mst']:.1f} |"
             )
     out += [
         "",
-        "### Where the time goes (ms: binary layer kernels / rest = float ops and glue)",
+        "### Where the time goes (ms: binary layers / rest = float ops and glue)",
         "",
-    ]
-    out += [
         "| model | weights | batch | threads | torch | packed | mst |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        weights = "clustered" if r.get("cluster") else "random"
         cells = " | ".join(
             f"{r['binary_ms'][b]:.2f} / {r['other_ms'][b]:.2f}" for b in ("torch", "packed", "mst")
         )
-        out.append(f"| {r['model']} | {weights} | {r['batch']} | {r['threads']} | {cells} |")
+        out.append(f"| {_name(r)} | {_weights(r)} | {r['batch']} | {r['threads']} | {cells} |")
     return "\n".join(out)
 
 
@@ -64,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="resnet20,vgg_small")
     p.add_argument("--batches", default="1,32")
     p.add_argument("--threads", default="1,2")
-    p.add_argument("--weights", default="random,clustered")
+    p.add_argument("--weights", default="random,clustered,trained")
+    p.add_argument("--backends", default=",".join(BACKENDS))
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--clock", default="cpu", help="clock of the 1-thread runs (2 threads: wall)")
     p.add_argument("--min-time", type=float, default=0.2)
@@ -80,9 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         [int(b) for b in args.batches.split(",")],
         [int(t) for t in args.threads.split(",")],
     ):
+        if weights == "trained" and model not in TRAINED:
+            continue
         t0 = time.time()
         r = run_bench(
-            model,
+            TRAINED[model] if weights == "trained" else model,
+            backends=tuple(args.backends.split(",")),
             batch=batch,
             threads=threads,
             reps=args.reps,

@@ -1,10 +1,12 @@
 """Engines that run a CompressedModel: one ``run(compressed, x, backend=...)``, many backends.
 
-Backends: "reference" (numpy, walks each tree), "dense" (numpy, every channel XNOR-popcount);
-optimised ones register themselves in the same registry.
+Backends: "reference" (numpy, walks each tree), "dense" (numpy, every channel XNOR-popcount),
+"packed" (numba XNOR-popcount), "mst" (numba: int16 tree deltas, and the fused bit-sliced kernel
+on binary conv -> BN -> [max pool] -> binary conv chains), "sliced-dense" (the fused bit-sliced
+kernel without the tree: an ablation).
 """
 
-import mstc.engine.mst_kernel  # noqa: F401  (registers "packed" and "mst")
+import mstc.engine.mst_kernel  # noqa: F401  (registers "packed", "mst", "sliced-dense")
 from mstc.engine import reference  # noqa: F401  (registers "reference" and "dense")
 from mstc.engine.backend import Backend, backends, get_backend, register_backend
 from mstc.engine.runtime import Runtime, run

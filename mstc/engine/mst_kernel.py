@@ -14,6 +14,12 @@ Per binary layer (method.md section 2, engine-notes.md layout 3), over a tile of
    per pass, accumulated in int16 while n <= 32767 (exact: |y_j| <= n, and intermediate
    wrap-around cancels in two's complement), int32 beyond.
 
+Fused chains (the runtime calls :meth:`MSTBackend.conv2d_fused`): a stride-1 binary conv whose
+BatchNorm (and 2x2 max pool) feeds another binary conv runs the bit-sliced kernel of
+:mod:`mstc.engine.sliced` -- vertical popcounts along the tree, BN + sign as a bit-sliced compare,
+output bits written straight into the next layer's input planes. The int kernels above stay the
+fallback (chosen per layer and shape by timing both, like the delta/XNOR choice).
+
 Oracle: the "reference" backend (:mod:`mstc.engine.reference`), which walks the same trees.
 """
 
@@ -344,6 +350,10 @@ class MSTBackend(Backend):
     sliced_tree = True
     #: kernel of fused layers and of layers fed bit planes: "sliced", "int" or None (autotune)
     plane_kernel: str | None = None
+    #: fuse only layers whose tree saves at least this factor of XNORs: the bit-sliced kernel
+    #: costs about as much as XNOR-popcount per tap, so it pays off on regularized layers only
+    #: (BENCHMARKS.md: on random weights, 2.1x, fused batch 1 was 1.4x slower than "packed")
+    min_fuse_ratio = 4.0
 
     def __init__(
         self,
@@ -457,8 +467,11 @@ class MSTBackend(Backend):
     # -------------------------------------------------------------- bit planes and fusion
 
     def can_fuse(self, layer: BinaryLayerCode) -> bool:
-        """Whether the layer can consume / produce bit planes (a stride-1 conv)."""
-        return layer.kind == "conv2d" and tuple(layer.stride) == (1, 1)
+        """Whether the runtime should hand this layer bit planes / let it produce them: a
+        stride-1 conv whose tree saves at least ``min_fuse_ratio`` of its XNORs."""
+        if layer.kind != "conv2d" or tuple(layer.stride) != (1, 1):
+            return False
+        return layer.dense_xnors >= self.min_fuse_ratio * max(1, layer.xnors)
 
     def _sliced(self, layer: BinaryLayerCode) -> SlicedLayer:
         st = self._sliced_cache.get(layer.name)
@@ -555,7 +568,7 @@ class MSTBackend(Backend):
 
     def conv2d(self, layer: BinaryLayerCode, x) -> np.ndarray:
         if isinstance(x, BitPlanes):
-            if not self.can_fuse(layer):
+            if layer.kind != "conv2d" or tuple(layer.stride) != (1, 1):
                 raise ValueError(f"layer {layer.name}: cannot consume bit planes")
             key = (layer.name, "planes", x.shape)
 
@@ -581,3 +594,4 @@ class SlicedDenseBackend(MSTBackend):
     name = "sliced-dense"
     sliced_tree = False
     plane_kernel = "sliced"
+    min_fuse_ratio = 0.0  # fuse whatever "mst" could fuse, and more

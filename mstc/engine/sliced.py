@@ -696,6 +696,21 @@ def _emit_shift(OB, valid, s, out):  # pragma: no cover - numba
 
 
 @njit(cache=True)
+def _emit_rows(OB, N, Hp, Wp, Ho, Wo, Hp2, Wp2, ph2, pw2, out):  # pragma: no cover - numba
+    """Row by row copy of the valid outputs into the next conv's planes (another padding)."""
+    for j in range(OB.shape[0]):
+        src = OB[j]
+        dst = out[j]
+        for n in range(N):
+            for h in range(Ho):
+                s0 = (n * Hp + h) * Wp
+                d0 = (n * Hp2 + h + ph2) * Wp2 + pw2
+                for w0 in range(0, Wo, 64):
+                    ln = min(64, Wo - w0)
+                    _place(dst, d0 + w0, _extract(src, s0 + w0, ln), ln)
+
+
+@njit(cache=True)
 def _emit_pool(OB, N, Hp, Wp, Ho, Wo, Hp2, Wp2, ph2, pw2, tmp, out):  # pragma: no cover
     """2x2 stride-2 max pool (max then sign = OR of the signs) of the valid outputs into the
     zeroed planes ``out`` of the next conv: OR each row with the next one and each bit with its
@@ -747,5 +762,5 @@ def emit_planes(
     elif (nxt.hp, nxt.wp) == (g.hp, g.wp):
         _emit_shift(OB, _valid_mask(g.n, g.hp, g.wp, ho, wo, ow), nxt.ph * g.wp + nxt.pw, out)
     else:
-        raise ValueError(f"next planes {nxt}: only the same padded grid or a 2x2 pool is supported")
+        _emit_rows(OB, g.n, g.hp, g.wp, ho, wo, nxt.hp, nxt.wp, nxt.ph, nxt.pw, out)
     return BitPlanes(out, nxt)

@@ -1,0 +1,241 @@
+"""The bit-sliced kernel, the exact BN + sign fold and the runtime's fused chains.
+
+Contract: integer sums equal to the packed backend / reference (integer equality), emitted bits
+equal to the rule applied to those sums (and OR-pooled), logits of fused runs equal to the
+reference runtime's (exact), on random shapes, complement edges, random BN with negative gammas,
+and the committed trained checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import mstc
+from mstc.bench import cluster_weights
+from mstc.engine import Runtime, get_backend
+from mstc.engine.fold import apply_rule, threshold_rule
+from mstc.engine.sliced import (
+    CONST0,
+    CONST1,
+    GE,
+    LE,
+    SlicedLayer,
+    emit_planes,
+    pack_planes,
+    plane_geometry,
+    run_layer,
+    unpack_planes,
+    unpack_sums,
+)
+from mstc.format import BinaryLayerCode
+from mstc.models import create_model
+from mstc.mst import plan
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAINED = ROOT / "results/models/vgg_small_w0.25_fmnist_lam3e-5_k4.mstc"
+
+
+def _layer(rng, cin, cout, k, dil, pad, centres, flip, invert) -> BinaryLayerCode:
+    kh, kw = k
+    n = cin * kh * kw
+    c = rng.integers(0, 2, (max(1, centres), n), dtype=np.uint8)
+    bits = c[rng.integers(0, len(c), cout)]
+    bits = bits ^ (rng.random((cout, n)) < flip).astype(np.uint8)
+    bits = bits ^ (rng.random((cout, 1)) < invert).astype(np.uint8)
+    p = plan(bits, complement=True)
+    return BinaryLayerCode.from_bits(
+        "l", bits, p, kind="conv2d", cin=cin, kernel_size=(kh, kw), stride=(1, 1),
+        padding=pad, dilation=dil,
+    )  # fmt: skip
+
+
+def _packed_sums(layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
+    from mstc.format import CompressedModel
+
+    cm = CompressedModel(nodes=[], tensors={}, layers={"l": layer}, input_shape=x.shape[1:])
+    return get_backend("packed")(cm).conv2d(layer, x)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    cin=st.integers(1, 70),
+    cout=st.integers(1, 40),
+    k=st.sampled_from([(1, 1), (3, 3), (1, 3), (3, 2)]),
+    dil=st.sampled_from([(1, 1), (2, 1)]),
+    pad=st.sampled_from([(0, 0), (1, 1), (2, 0)]),
+    n=st.integers(1, 3),
+    h=st.integers(4, 12),
+    w=st.integers(4, 70),
+    tree=st.booleans(),
+    centres=st.integers(1, 4),
+    flip=st.sampled_from([0.0, 0.02, 0.3]),
+    invert=st.sampled_from([0.0, 0.3]),
+)
+def test_sums_equal_packed(seed, cin, cout, k, dil, pad, n, h, w, tree, centres, flip, invert):
+    """v planes unpacked to sums == XNOR-popcount sums, and emitted bits == rule(sums)."""
+    assume(h + 2 * pad[0] > dil[0] * (k[0] - 1) and w + 2 * pad[1] > dil[1] * (k[1] - 1))
+    rng = np.random.default_rng(seed)
+    layer = _layer(rng, cin, cout, k, dil, pad, centres, flip, invert)
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = 0.0  # sign(0) = +1
+    x[rng.random(x.shape) < 0.05] = -0.0
+    want = _packed_sums(layer, x)
+    sched = SlicedLayer(layer, tree=tree)
+    g = plane_geometry(layer, n, h, w)
+    planes = pack_planes(x, g)
+    np.testing.assert_array_equal(unpack_planes(planes), (x >= 0).astype(np.uint8))
+    # a random per-channel rule: GE / LE / constants, thresholds anywhere in [-1, n+1]
+    mode = rng.choice(np.array([GE, LE, CONST0, CONST1], np.int8), cout, p=[0.4, 0.4, 0.1, 0.1])
+    t = rng.integers(-1, layer.n + 2, cout)
+    OB, VS = run_layer(sched, planes, emit=sched.emit_rule(mode, t), want_planes=True)
+    np.testing.assert_array_equal(unpack_sums(sched, VS, g), want)
+    bits = np.moveaxis(apply_rule((mode, t), np.moveaxis((want + layer.n) // 2, 1, -1)), -1, 1)
+    ho, wo = want.shape[2:]
+    nxt_layer = _layer(rng, cout, 2, (3, 3), (1, 1), (1, 1), 1, 0.0, 0.0)
+    out = emit_planes(sched, OB, g, False, plane_geometry(nxt_layer, n, ho, wo))
+    np.testing.assert_array_equal(unpack_planes(out), bits)
+    if ho >= 2 and wo >= 2:
+        pooled = bits[:, :, : ho // 2 * 2, : wo // 2 * 2]
+        pooled = pooled.reshape(n, cout, ho // 2, 2, wo // 2, 2).max(axis=(3, 5))
+        out = emit_planes(sched, OB, g, True, plane_geometry(nxt_layer, n, ho // 2, wo // 2))
+        np.testing.assert_array_equal(unpack_planes(out), pooled)
+
+
+def test_deep_chain_and_complement_offsets():
+    """A path-shaped tree (depth cout-1) with complement edges: planes and offsets stay exact."""
+    rng = np.random.default_rng(3)
+    cout, cin = 40, 64
+    n = cin * 9
+    bits = np.zeros((cout, n), np.uint8)
+    bits[0] = rng.integers(0, 2, n)
+    for j in range(1, cout):  # each channel flips a few taps of the previous one, some inverted
+        bits[j] = bits[j - 1]
+        bits[j, rng.choice(n, 7, replace=False)] ^= 1
+        if j % 5 == 0:
+            bits[j] ^= 1
+    p = plan(bits, complement=True)
+    layer = BinaryLayerCode.from_bits(
+        "l", bits, p, kind="conv2d", cin=cin, kernel_size=(3, 3), stride=(1, 1),
+        padding=(1, 1), dilation=(1, 1),
+    )  # fmt: skip
+    assert layer.negate.any() and layer.depth > 10
+    x = rng.standard_normal((2, cin, 9, 7)).astype(np.float32)
+    sched = SlicedLayer(layer)
+    g = plane_geometry(layer, 2, 9, 7)
+    _, VS = run_layer(sched, pack_planes(x, g), emit=None, want_planes=True)
+    np.testing.assert_array_equal(unpack_sums(sched, VS, g), _packed_sums(layer, x))
+
+
+def test_stride_rejected():
+    rng = np.random.default_rng(0)
+    layer = _layer(rng, 4, 4, (3, 3), (1, 1), (1, 1), 1, 0.1, 0.0)
+    layer.stride = (2, 2)
+    with pytest.raises(ValueError, match="stride-1"):
+        SlicedLayer(layer)
+
+
+def test_threshold_rule():
+    u = np.arange(11)
+    vals = torch.tensor(
+        np.stack([u - 3.5, 4.0 - u, np.full(11, 1.0), np.full(11, -1.0), u * 0.0]),
+        dtype=torch.float32,
+    )
+    mode, t = threshold_rule(vals)
+    assert mode.tolist() == [GE, LE, CONST1, CONST0, CONST1]  # f = 0 counts as +1
+    assert t[0] == 4 and t[1] == 4
+    np.testing.assert_array_equal(apply_rule((mode, t), u[:, None]).T, (vals >= 0).numpy())
+    bumpy = torch.tensor([[-1.0, 1.0, -1.0, 1.0]])
+    assert threshold_rule(bumpy) is None
+    assert threshold_rule(torch.tensor([[0.0, float("nan")]])) is None
+    assert threshold_rule(torch.tensor([[0.0, float("inf")]])) is None
+
+
+def _vgg(seed: int, *, invert: float = 0.2) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    m = create_model("vgg_small", width=0.125, image_size=16).eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):  # negative gammas -> LE rules; far means
+                mod.weight.normal_()
+                mod.bias.normal_()
+                mod.running_mean.normal_(0, 5)
+                mod.running_var.uniform_(0.5, 30)
+    return cluster_weights(m, centres=4, flip=0.03, invert=invert, seed=seed)
+
+
+@pytest.mark.parametrize("backend,kernel", [("mst", None), ("mst", "sliced"), ("mst", "int"),
+                                            ("sliced-dense", None)])  # fmt: skip
+def test_fused_runtime_exact(backend, kernel):
+    """Fused chains: logits identical to the reference runtime, sums identical, 4 fusions."""
+    cm = mstc.compress(_vgg(1), complement=True, input_shape=(3, 16, 16))
+    x = np.random.default_rng(2).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    ref_logits, ref_sums = Runtime(cm, "reference").run(x, return_sums=True)
+    rt = Runtime(cm, backend)
+    if kernel is not None:
+        rt.backend.plane_kernel = kernel
+    assert len(rt.fusions) == 4 and sum(f.pool for f in rt.fusions.values()) == 2
+    logits, sums = rt.run(x, return_sums=True)
+    assert set(sums) == set(ref_sums)
+    for k in ref_sums:
+        np.testing.assert_array_equal(sums[k], ref_sums[k])
+    np.testing.assert_array_equal(logits, ref_logits)
+    np.testing.assert_array_equal(rt.run(x), ref_logits)  # without sums: bits only in between
+    if kernel == "sliced":
+        assert {v for k, v in rt.backend.kernels.items() if len(k) == 3} == {"sliced"}
+
+
+def test_fold_matches_float_path_on_every_sum():
+    """The folded rule equals sign(BN(scale*y + bias)) of the runtime at every reachable y."""
+    cm = mstc.compress(_vgg(4), complement=True, input_shape=(3, 16, 16))
+    rt = Runtime(cm, "mst")
+    nodes = {n.name: n for n in cm.nodes}
+    seen_le = False
+    for name, f in rt.fusions.items():
+        layer = cm.layers[nodes[name].attrs["layer"]]
+        bn = nodes[f.skip[0]]
+        y = torch.arange(-layer.n, layer.n + 1, 2, dtype=torch.float32)
+        y = y.view(1, 1, 1, -1).expand(2, layer.cout, 3, -1).contiguous()  # another NCHW shape
+        z = rt._apply(bn, [rt._finish_binary(layer, y)], {})
+        want = (z >= 0).numpy()
+        u = np.arange(layer.n + 1)
+        got = apply_rule(f.rule, np.broadcast_to(u[:, None], (layer.n + 1, layer.cout))).T
+        np.testing.assert_array_equal(np.broadcast_to(got[None, :, None, :], want.shape), want)
+        seen_le |= bool((f.rule[0] == LE).any())
+    assert seen_le
+
+
+def test_fusion_heuristic():
+    """mst fuses regularized layers only (min_fuse_ratio); the ablation fuses random ones too."""
+    torch.manual_seed(0)
+    cm = mstc.compress(create_model("vgg_small", width=0.125, image_size=16).eval())
+    assert Runtime(cm, "mst").fusions == {}  # random weights: the tree saves ~2x
+    assert len(Runtime(cm, "sliced-dense").fusions) == 4
+
+
+def test_no_fusion_for_bireal():
+    torch.manual_seed(0)
+    r20 = mstc.compress(create_model("resnet20", width=0.25).eval())
+    assert Runtime(r20, "mst").fusions == {}  # BN output feeds the real-valued shortcut add
+
+
+@pytest.mark.skipif(not TRAINED.exists(), reason="trained checkpoint not committed")
+def test_trained_checkpoint_fused_exact():
+    """The committed regularized model (11x BOP): fused mst logits == reference logits."""
+    cm = mstc.load(TRAINED)
+    x = np.random.default_rng(7).standard_normal((4, *cm.input_shape)).astype(np.float32)
+    ref_logits, ref_sums = Runtime(cm, "reference").run(x, return_sums=True)
+    for kernel in ("sliced", None):
+        rt = Runtime(cm, "mst")
+        rt.backend.plane_kernel = kernel
+        assert len(rt.fusions) == 4
+        logits, sums = rt.run(x, return_sums=True)
+        for k in ref_sums:
+            np.testing.assert_array_equal(sums[k], ref_sums[k])
+        np.testing.assert_array_equal(logits, ref_logits)
