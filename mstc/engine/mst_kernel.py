@@ -47,9 +47,11 @@ from mstc.engine.sliced import (
     BitPlanes,
     SlicedLayer,
     emit_planes,
+    output_hw,
     pack_planes,
     plane_geometry,
     run_layer,
+    sliceable,
     unpack_planes,
     unpack_sums,
 )
@@ -294,6 +296,21 @@ def _tiles_par(
         )  # fmt: skip
 
 
+def _fastest(kernels: dict, nthreads: int) -> str:
+    """Name of the fastest of some exact, interchangeable kernels (callables), timed on CPU time
+    for one thread (robust to other load) or wall time; round 0 loads them and is not counted;
+    ties go to the first."""
+    clock = time.thread_time if nthreads == 1 else time.perf_counter
+    times = dict.fromkeys(kernels, float("inf"))
+    for rnd in range(3):
+        for name, run in kernels.items():
+            t = clock()
+            run()
+            if rnd:
+                times[name] = min(times[name], clock() - t)
+    return min(times, key=times.get)
+
+
 class LayerSchedule:
     """Per-layer precomputed data of the "mst" backend.
 
@@ -416,18 +433,15 @@ class MSTBackend(Backend):
         return out.reshape(N, layer.cout, Ho, Wo)
 
     def _tune(self, layer, sched, x, geom, out, nthreads) -> str:
-        clock = time.thread_time if nthreads == 1 else time.perf_counter  # robust to other load
-        times = {"delta": float("inf"), "xnor": float("inf")}
-        for rnd in range(3):  # round 0 loads the kernels and is not counted
-            for kernel in ("delta", "xnor"):
-                t = clock()
-                if kernel == "xnor":
-                    self._xnor(self._full_weights(layer), layer, x, geom, out, nthreads)
-                else:
-                    self._delta(layer, sched, x, geom, out, nthreads)
-                if rnd:
-                    times[kernel] = min(times[kernel], clock() - t)
-        return "xnor" if times["xnor"] < times["delta"] else "delta"
+        return _fastest(
+            {
+                "delta": lambda: self._delta(layer, sched, x, geom, out, nthreads),
+                "xnor": lambda: self._xnor(
+                    self._full_weights(layer), layer, x, geom, out, nthreads
+                ),
+            },
+            nthreads,
+        )
 
     def _xnor(self, wT, layer, x, geom, out, nthreads) -> None:
         kh, kw, sh, sw, dh, dw, ph, pw, Ho, Wo = geom
@@ -469,9 +483,7 @@ class MSTBackend(Backend):
     def can_fuse(self, layer: BinaryLayerCode) -> bool:
         """Whether the runtime should hand this layer bit planes / let it produce them: a
         stride-1 conv whose tree saves at least ``min_fuse_ratio`` of its XNORs."""
-        if layer.kind != "conv2d" or tuple(layer.stride) != (1, 1):
-            return False
-        return layer.dense_xnors >= self.min_fuse_ratio * max(1, layer.xnors)
+        return sliceable(layer) and layer.dense_xnors >= self.min_fuse_ratio * max(1, layer.xnors)
 
     def _sliced(self, layer: BinaryLayerCode) -> SlicedLayer:
         st = self._sliced_cache.get(layer.name)
@@ -495,17 +507,9 @@ class MSTBackend(Backend):
         """The plane kernel for ``key``: fixed, or timed once (both are exact)."""
         kernel = self.kernels.get(key)
         if kernel is None:
-            kernel = self.plane_kernel
-            if kernel is None:
-                clock = time.thread_time if _set_threads(self.threads) == 1 else time.perf_counter
-                times = {"sliced": float("inf"), "int": float("inf")}
-                for rnd in range(3):  # round 0 loads the kernels and is not counted
-                    for name, f in (("sliced", run_sliced), ("int", run_int)):
-                        t = clock()
-                        f()
-                        if rnd:
-                            times[name] = min(times[name], clock() - t)
-                kernel = min(times, key=times.get)
+            kernel = self.plane_kernel or _fastest(
+                {"sliced": run_sliced, "int": run_int}, _set_threads(self.threads)
+            )
             self.kernels[key] = kernel
         return kernel
 
@@ -541,8 +545,7 @@ class MSTBackend(Backend):
         nthreads = _set_threads(self.threads)
         OB, VS = run_layer(st, planes, emit=emit, want_planes=want_sums, nthreads=nthreads)
         g = planes.geometry
-        (kh, kw), (dh, dw) = layer.kernel_size, layer.dilation
-        ho, wo = g.hp - dh * (kh - 1), g.wp - dw * (kw - 1)
+        ho, wo = output_hw(layer, g)
         h2, w2 = (ho // 2, wo // 2) if pool else (ho, wo)
         nxt = plane_geometry(consumer, g.n, h2, w2)
         out = emit_planes(st, OB, g, pool, nxt)
@@ -568,7 +571,7 @@ class MSTBackend(Backend):
 
     def conv2d(self, layer: BinaryLayerCode, x) -> np.ndarray:
         if isinstance(x, BitPlanes):
-            if layer.kind != "conv2d" or tuple(layer.stride) != (1, 1):
+            if not sliceable(layer):
                 raise ValueError(f"layer {layer.name}: cannot consume bit planes")
             key = (layer.name, "planes", x.shape)
 

@@ -90,6 +90,17 @@ def grid_words(n: int, hp: int, wp: int) -> int:
     return (n * hp * wp + 63) // 64
 
 
+def sliceable(layer: BinaryLayerCode) -> bool:
+    """Whether the bit-plane layout applies: a stride-1 conv (taps are shifted plane runs)."""
+    return layer.kind == "conv2d" and tuple(layer.stride) == (1, 1)
+
+
+def output_hw(layer: BinaryLayerCode, g: PlaneGeometry) -> tuple[int, int]:
+    """(Ho, Wo) of a stride-1 conv on the padded grid of ``g``."""
+    (kh, kw), (dh, dw) = layer.kernel_size, layer.dilation
+    return g.hp - dh * (kh - 1), g.wp - dw * (kw - 1)
+
+
 def plane_geometry(layer: BinaryLayerCode, n: int, h: int, w: int) -> PlaneGeometry:
     """Geometry (with slack) of the input planes of ``layer`` for an (n, cin, h, w) input."""
     (kh, kw), (ph, pw), (dh, dw) = layer.kernel_size, layer.padding, layer.dilation
@@ -205,7 +216,7 @@ class SlicedLayer:
     ``tree=False`` computes every channel as a root (dense bit-sliced; the ablation baseline)."""
 
     def __init__(self, layer: BinaryLayerCode, *, tree: bool = True) -> None:
-        if layer.kind != "conv2d" or tuple(layer.stride) != (1, 1):
+        if not sliceable(layer):
             raise ValueError(f"layer {layer.name}: the bit-sliced kernel needs a stride-1 conv")
         self.layer = layer
         n = layer.n
@@ -298,6 +309,42 @@ class SlicedLayer:
 # ------------------------------------------------------------------------------------- kernel
 
 
+@njit(cache=True, inline="always")
+def _csa(h, a, b):  # pragma: no cover - numba
+    """Carry-save adder of three bit vectors: (carry, sum) = (majority, parity)."""
+    u = h ^ a
+    return (h & a) | (u & b), u ^ b
+
+
+@njit(cache=True, inline="always")
+def _add4(o1, o2, XT, i, k, f):  # pragma: no cover - numba
+    """Add the match words ``XT[k[t], i] ^ f[t]`` of four taps to the ones/twos planes o1, o2:
+    returns (fours carry, o1, o2). Taps come as tuples loaded before the word loop."""
+    tA, o1 = _csa(o1, XT[k[0], i] ^ f[0], XT[k[1], i] ^ f[1])
+    tB, o1 = _csa(o1, XT[k[2], i] ^ f[2], XT[k[3], i] ^ f[3])
+    c4, o2 = _csa(o2, tA, tB)
+    return c4, o1, o2
+
+
+@njit(cache=True, inline="always")
+def _taps4(tidx, tflip, q):  # pragma: no cover - numba
+    """Tap indices and match masks of taps q..q+3, as tuples."""
+    return (
+        (tidx[q], tidx[q + 1], tidx[q + 2], tidx[q + 3]),
+        (tflip[q], tflip[q + 1], tflip[q + 2], tflip[q + 3]),
+    )
+
+
+@njit(cache=True, inline="always")
+def _ripple(M, C, l0, L, tw):  # pragma: no cover - numba
+    """Add the carry words C at plane l0 of the binary counter M[:L] (ripple carry)."""
+    for l in range(l0, L):
+        for i in range(tw):
+            x = M[l, i]
+            M[l, i] = x ^ C[i]
+            C[i] = x & C[i]
+
+
 @njit(cache=True)
 def _tiles(
     X, tap_c, tap_w, tap_b, order, depth, kind, ncomp, ptr, tidx, tflip, nbits, B,
@@ -345,157 +392,35 @@ def _tiles(
             q = ptr[e]
             q1 = ptr[e + 1]
             while q + 16 <= q1:  # Harley-Seal block: ones/twos/fours/eights, ripple the 16s
-                k0 = tidx[q]
-                k1 = tidx[q + 1]
-                k2 = tidx[q + 2]
-                k3 = tidx[q + 3]
-                k4 = tidx[q + 4]
-                k5 = tidx[q + 5]
-                k6 = tidx[q + 6]
-                k7 = tidx[q + 7]
-                k8 = tidx[q + 8]
-                k9 = tidx[q + 9]
-                k10 = tidx[q + 10]
-                k11 = tidx[q + 11]
-                k12 = tidx[q + 12]
-                k13 = tidx[q + 13]
-                k14 = tidx[q + 14]
-                k15 = tidx[q + 15]
-                f0 = tflip[q]
-                f1 = tflip[q + 1]
-                f2 = tflip[q + 2]
-                f3 = tflip[q + 3]
-                f4 = tflip[q + 4]
-                f5 = tflip[q + 5]
-                f6 = tflip[q + 6]
-                f7 = tflip[q + 7]
-                f8 = tflip[q + 8]
-                f9 = tflip[q + 9]
-                f10 = tflip[q + 10]
-                f11 = tflip[q + 11]
-                f12 = tflip[q + 12]
-                f13 = tflip[q + 13]
-                f14 = tflip[q + 14]
-                f15 = tflip[q + 15]
+                ka, fa = _taps4(tidx, tflip, q)
+                kb, fb = _taps4(tidx, tflip, q + 4)
+                kc, fc = _taps4(tidx, tflip, q + 8)
+                kd, fd = _taps4(tidx, tflip, q + 12)
                 for i in range(tw):
-                    o1 = M[0, i]
-                    o2 = M[1, i]
-                    o4 = M[2, i]
-                    o8 = M[3, i]
-                    # CSA(h, l | a, b, c) = (carry, sum)
-                    xa = XT[k0, i] ^ f0
-                    xb = XT[k1, i] ^ f1
-                    u = o1 ^ xa
-                    tA = (o1 & xa) | (u & xb)
-                    o1 = u ^ xb
-                    xa = XT[k2, i] ^ f2
-                    xb = XT[k3, i] ^ f3
-                    u = o1 ^ xa
-                    tB = (o1 & xa) | (u & xb)
-                    o1 = u ^ xb
-                    u = o2 ^ tA
-                    fA = (o2 & tA) | (u & tB)
-                    o2 = u ^ tB
-                    xa = XT[k4, i] ^ f4
-                    xb = XT[k5, i] ^ f5
-                    u = o1 ^ xa
-                    tA = (o1 & xa) | (u & xb)
-                    o1 = u ^ xb
-                    xa = XT[k6, i] ^ f6
-                    xb = XT[k7, i] ^ f7
-                    u = o1 ^ xa
-                    tB = (o1 & xa) | (u & xb)
-                    o1 = u ^ xb
-                    u = o2 ^ tA
-                    fB = (o2 & tA) | (u & tB)
-                    o2 = u ^ tB
-                    u = o4 ^ fA
-                    eA = (o4 & fA) | (u & fB)
-                    o4 = u ^ fB
-                    xa = XT[k8, i] ^ f8
-                    xb = XT[k9, i] ^ f9
-                    u = o1 ^ xa
-                    tA = (o1 & xa) | (u & xb)
-                    o1 = u ^ xb
-                    xa = XT[k10, i] ^ f10
-                    xb = XT[k11, i] ^ f11
-                    u = o1 ^ xa
-                    tB = (o1 & xa) | (u & xb)
-                    o1 = u ^ xb
-                    u = o2 ^ tA
-                    fA = (o2 & tA) | (u & tB)
-                    o2 = u ^ tB
-                    xa = XT[k12, i] ^ f12
-                    xb = XT[k13, i] ^ f13
-                    u = o1 ^ xa
-                    tA = (o1 & xa) | (u & xb)
-                    o1 = u ^ xb
-                    xa = XT[k14, i] ^ f14
-                    xb = XT[k15, i] ^ f15
-                    u = o1 ^ xa
-                    tB = (o1 & xa) | (u & xb)
-                    o1 = u ^ xb
-                    u = o2 ^ tA
-                    fB = (o2 & tA) | (u & tB)
-                    o2 = u ^ tB
-                    u = o4 ^ fA
-                    eB = (o4 & fA) | (u & fB)
-                    o4 = u ^ fB
-                    u = o8 ^ eA
-                    C4[i] = (o8 & eA) | (u & eB)
-                    o8 = u ^ eB
+                    fA, o1, o2 = _add4(M[0, i], M[1, i], XT, i, ka, fa)
+                    fB, o1, o2 = _add4(o1, o2, XT, i, kb, fb)
+                    eA, o4 = _csa(M[2, i], fA, fB)
+                    fA, o1, o2 = _add4(o1, o2, XT, i, kc, fc)
+                    fB, o1, o2 = _add4(o1, o2, XT, i, kd, fd)
+                    eB, o4 = _csa(o4, fA, fB)
+                    C4[i], M[3, i] = _csa(M[3, i], eA, eB)
                     M[0, i] = o1
                     M[1, i] = o2
                     M[2, i] = o4
-                    M[3, i] = o8
-                for l in range(4, L):
-                    for i in range(tw):
-                        x = M[l, i]
-                        M[l, i] = x ^ C4[i]
-                        C4[i] = x & C4[i]
+                _ripple(M, C4, 4, L, tw)
                 q += 16
             while q + 4 <= q1:  # blocks of 4: two CSAs into ones/twos, ripple the fours
-                k0 = tidx[q]
-                k1 = tidx[q + 1]
-                k2 = tidx[q + 2]
-                k3 = tidx[q + 3]
-                f0 = tflip[q]
-                f1 = tflip[q + 1]
-                f2 = tflip[q + 2]
-                f3 = tflip[q + 3]
+                ka, fa = _taps4(tidx, tflip, q)
                 for i in range(tw):
-                    o1 = M[0, i]
-                    o2 = M[1, i]
-                    xa = XT[k0, i] ^ f0
-                    xb = XT[k1, i] ^ f1
-                    u = o1 ^ xa
-                    tA = (o1 & xa) | (u & xb)
-                    o1 = u ^ xb
-                    xa = XT[k2, i] ^ f2
-                    xb = XT[k3, i] ^ f3
-                    u = o1 ^ xa
-                    tB = (o1 & xa) | (u & xb)
-                    o1 = u ^ xb
-                    u = o2 ^ tA
-                    C4[i] = (o2 & tA) | (u & tB)
-                    M[1, i] = u ^ tB
-                    M[0, i] = o1
-                for l in range(2, L):
-                    for i in range(tw):
-                        x = M[l, i]
-                        M[l, i] = x ^ C4[i]
-                        C4[i] = x & C4[i]
+                    C4[i], M[0, i], M[1, i] = _add4(M[0, i], M[1, i], XT, i, ka, fa)
+                _ripple(M, C4, 2, L, tw)
                 q += 4
             while q < q1:  # single taps: ripple from the ones
                 k0 = tidx[q]
                 f0 = tflip[q]
                 for i in range(tw):
                     C4[i] = XT[k0, i] ^ f0
-                for l in range(L):
-                    for i in range(tw):
-                        x = M[l, i]
-                        M[l, i] = x ^ C4[i]
-                        C4[i] = x & C4[i]
+                _ripple(M, C4, 0, L, tw)
                 q += 1
             dj = depth[e]
             P = V[dj]
@@ -518,11 +443,7 @@ def _tiles(
                     fl = ones if b < nc else np.uint64(0)
                     if b - 1 < L:
                         for i in range(tw):
-                            s = S[b, i] ^ fl
-                            m = M[b - 1, i]
-                            u = s ^ m
-                            P[b, i] = u ^ C4[i]
-                            C4[i] = (s & m) | (u & C4[i])
+                            C4[i], P[b, i] = _csa(S[b, i] ^ fl, M[b - 1, i], C4[i])
                     else:
                         for i in range(tw):
                             s = S[b, i] ^ fl
@@ -638,8 +559,7 @@ def _unpack_sums(VS, c, n_taps, N, Hp, Wp, Ho, Wo, out):  # pragma: no cover - n
 def unpack_sums(sched: SlicedLayer, VS: np.ndarray, geometry: PlaneGeometry) -> np.ndarray:
     """int32 sums (N, Cout, Ho, Wo) of a stride-1 conv from its v planes."""
     g = geometry
-    (kh, kw), (dh, dw) = sched.layer.kernel_size, sched.layer.dilation
-    ho, wo = g.hp - dh * (kh - 1), g.wp - dw * (kw - 1)
+    ho, wo = output_hw(sched.layer, g)
     out = np.empty((g.n, sched.layer.cout, ho, wo), dtype=np.int32)
     _unpack_sums(VS, sched.c, sched.layer.n, g.n, g.hp, g.wp, ho, wo, out)
     return out
@@ -749,8 +669,7 @@ def emit_planes(
 ) -> BitPlanes:
     """The next conv's input planes from a layer's emitted bits (optionally 2x2 max-pooled)."""
     g = geometry
-    (kh, kw), (dh, dw) = sched.layer.kernel_size, sched.layer.dilation
-    ho, wo = g.hp - dh * (kh - 1), g.wp - dw * (kw - 1)
+    ho, wo = output_hw(sched.layer, g)
     expect = (ho // 2, wo // 2) if pool else (ho, wo)
     if (nxt.h, nxt.w) != expect or nxt.n != g.n or nxt.c != sched.layer.cout:
         raise ValueError(f"next planes {nxt} do not match the output {expect}")
