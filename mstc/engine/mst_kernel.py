@@ -363,6 +363,8 @@ class MSTBackend(Backend):
     autotune = True
     #: the runtime may fuse binary conv -> BN -> [max pool] -> binary conv chains (conv2d_fused)
     fuses = True
+    #: the float ops after other binary layers run as one pass (mstc.engine.epilogue)
+    fuses_epilogue = True
     #: bit-sliced kernel along the trees (False: every channel a root, the dense ablation)
     sliced_tree = True
     #: kernel of fused layers and of layers fed bit planes: "sliced", "int" or None (autotune)

@@ -3,8 +3,10 @@
 Activations are binarised and packed in one pass, 64 input channels per uint64 word, into a
 padded channel-last array ``[N, H+2ph, W+2pw, ceil(C/64)]``; padding is bit 0 (= -1), so no mask is
 needed, and unused high bits are 0 in both activations and weights. Weights are packed in the same
-(ky, kx, channel-word) order and transposed to ``[words, Cout]`` so that the innermost loop runs over
-output channels. For output channel j at one position, with patch words A and weight words W_j:
+(ky, kx, channel) order, concatenated across taps, as ``[words, Cout]``. The XNOR kernel gathers
+the patches of a block of output rows into a tile ``[words, positions]`` (im2col on bits) and runs
+its innermost loop over positions, 4 output channels per pass, so the popcounts vectorise whatever
+the channel count. For output channel j at one position, with patch words A and weight words W_j:
 
     y_j = n - 2 * sum_t popcount(A_t XOR W_jt)            (n = Cin*kh*kw)
 
@@ -22,8 +24,8 @@ from mstc.bitpack import pack_words
 from mstc.engine.backend import Backend, register_backend
 from mstc.format import BinaryLayerCode
 
-#: positions processed per pass of the XNOR kernel (each weight load is reused this many times)
-BLOCK = 4
+#: words of patch tile (patch words x positions) the XNOR kernel gathers per unit of output rows
+TILE_WORDS = 4096
 
 
 @intrinsic
@@ -166,43 +168,83 @@ def mismatches4(patch, wT, KW, Cu, acc):  # pragma: no cover - numba
 
 
 @njit(cache=True)
-def _xnor_blocks(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, b0, b1, out):  # pragma: no cover
-    """out[nn, j, p] = n - 2 * sum_t popcount(patch_t XOR wT[t, j]) for the positions of blocks
-    [b0, b1): positions are flattened over (batch, Ho, Wo) and processed 4 at a time."""
+def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out):  # pragma: no cover
+    """Units [u0, u1) of R output rows each; rows are flattened over (batch, Ho).
+
+    Per unit the patches of its P = rows * Wo positions are gathered into a tile [KW, P]
+    (word t of every patch contiguous over positions; tap (ky, kx) of C bits lands at patch bit
+    (ky*kw + kx)*C, the packed_weights order), then for 4 output channels j at a time
+    ``acc[j, p] += popcount(tile[t, p] XOR wT[t, j])`` runs over the positions (vectorised with
+    vpopcnt), and out[b, j, ho*Wo + wo] = n - 2*acc."""
     KW = wT.shape[0]
     Cout = wT.shape[1]
+    CW = xp.shape[3]
     C = n // (kh * kw)
-    P = Ho * Wo
-    M = out.shape[0] * P
-    patch = np.empty((4, KW), np.uint64)
-    acc = np.empty((4, Cout), np.uint64)
-    Cu = np.uint64(Cout)
-    for bb in range(b1 - b0):
-        m0 = (b0 + bb) * 4
-        for q in range(4):
-            m = min(m0 + q, M - 1)
-            nn = m // P
-            r = m - nn * P
-            ho = r // Wo
-            wo = r - ho * Wo
-            gather_patch(xp, C, kh, kw, sh, sw, dh, dw, nn, ho, wo, patch, q)
-        mismatches4(patch, wT, KW, Cu, acc)
-        for q in range(4):
-            m = m0 + q
-            if m < M:
-                nn = m // P
-                r = m - nn * P
-                for j in range(Cu):
-                    out[nn, j, r] = n - 2 * np.int64(acc[q, j])
+    G = out.shape[0] * Ho
+    tile = np.empty((KW, R * Wo), np.uint64)
+    acc = np.empty((4, R * Wo), np.uint64)
+    for u in range(u0, u1):
+        g0 = u * R
+        nr = min(R, G - g0)
+        P = nr * Wo
+        for t in range(KW):
+            for p in range(P):
+                tile[t, p] = 0
+        for ky in range(kh):
+            for kx in range(kw):
+                for cw in range(CW):
+                    o = (ky * kw + kx) * C + 64 * cw
+                    t = o >> 6
+                    s = np.uint64(o & 63)
+                    spill = s > 0 and t + 1 < KW
+                    for r in range(nr):
+                        b = (g0 + r) // Ho
+                        hh = (g0 + r - b * Ho) * sh + ky * dh
+                        q = r * Wo
+                        for wo in range(Wo):
+                            word = xp[b, hh, wo * sw + kx * dw, cw]
+                            tile[t, q + wo] |= word << s
+                            if spill:
+                                tile[t + 1, q + wo] |= word >> (np.uint64(64) - s)
+        for j0 in range(0, Cout, 4):
+            nj = min(4, Cout - j0)
+            for q in range(4):
+                for p in range(P):
+                    acc[q, p] = 0
+            if nj == 4:
+                for t in range(KW):
+                    w0 = wT[t, j0]
+                    w1 = wT[t, j0 + 1]
+                    w2 = wT[t, j0 + 2]
+                    w3 = wT[t, j0 + 3]
+                    for p in range(P):
+                        x = tile[t, p]
+                        acc[0, p] += popc(x ^ w0)
+                        acc[1, p] += popc(x ^ w1)
+                        acc[2, p] += popc(x ^ w2)
+                        acc[3, p] += popc(x ^ w3)
+            else:
+                for t in range(KW):
+                    for q in range(nj):
+                        wq = wT[t, j0 + q]
+                        for p in range(P):
+                            acc[q, p] += popc(tile[t, p] ^ wq)
+            for r in range(nr):
+                b = (g0 + r) // Ho
+                obase = (g0 + r - b * Ho) * Wo
+                for q in range(nj):
+                    dst = j0 + q
+                    for wo in range(Wo):
+                        out[b, dst, obase + wo] = n - 2 * np.int64(acc[q, r * Wo + wo])
 
 
 @njit(parallel=True, cache=True)
-def _xnor_par(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, nchunks, out):  # pragma: no cover
-    nblk = (out.shape[0] * Ho * Wo + 3) // 4
+def _xnor_par(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, nchunks, out):  # pragma: no cover
+    units = (out.shape[0] * Ho + R - 1) // R
     for ch in prange(nchunks):
-        b0 = ch * nblk // nchunks
-        b1 = (ch + 1) * nblk // nchunks
-        _xnor_blocks(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, b0, b1, out)
+        u0 = ch * units // nchunks
+        u1 = (ch + 1) * units // nchunks
+        _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out)
 
 
 def xnor_conv(
@@ -220,11 +262,13 @@ def xnor_conv(
 
     ``xp`` from :func:`packed_input`, ``wT`` from :func:`packed_weights`, geometry
     (kh, kw, sh, sw, dh, dw). One thread runs serially (no thread pool is started)."""
-    nblk = (out.shape[0] * Ho * Wo + 3) // 4
-    if nthreads > 1 and nblk > 1:
-        _xnor_par(xp, wT, n, *geometry, Ho, Wo, min(nblk, 4 * nthreads), out)
+    KW = wT.shape[0]
+    R = max(1, (TILE_WORDS // KW) // Wo)  # rows per unit: the [KW, R*Wo] tile stays in L1/L2
+    units = (out.shape[0] * Ho + R - 1) // R
+    if nthreads > 1 and units > 1:
+        _xnor_par(xp, wT, n, *geometry, Ho, Wo, R, min(units, 4 * nthreads), out)
     else:
-        _xnor_blocks(xp, wT, n, *geometry, Ho, Wo, 0, nblk, out)
+        _xnor_rows(xp, wT, n, *geometry, Ho, Wo, R, 0, units, out)
 
 
 def _set_threads(threads: int | None) -> int:
@@ -284,6 +328,7 @@ class PackedBackend(Backend):
     """Dense XNOR-popcount on bit-packed activations and weights (numba, ``threads`` workers)."""
 
     name = "packed"
+    fuses_epilogue = True
 
     def __init__(self, compressed, threads: int | None = None) -> None:
         super().__init__(compressed, threads)

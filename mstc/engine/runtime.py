@@ -12,6 +12,11 @@ without floats in between: the producer's BatchNorm and sign are folded into one
 threshold per channel (:mod:`mstc.engine.fold`, found by evaluating this runtime's own float ops on
 every reachable integer sum), and the backend hands the consumer its input as bit planes
 (:class:`mstc.engine.sliced.BitPlanes`). Fusion applies at the traced input shape only.
+
+Epilogues. With a backend that sets ``fuses_epilogue = True`` ("packed", "mst"), the float ops
+after any other binary layer -- BatchNorm, and in a Bi-Real block the shortcut add and PReLU -- run
+as one pass (:mod:`mstc.engine.epilogue`) from a per-channel table of BN(scale * y) over the n + 1
+reachable sums, evaluated with this runtime's own torch calls and checked before use.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from mstc.engine.backend import get_backend
+from mstc.engine.epilogue import epilogue
 from mstc.engine.fold import threshold_rule
 from mstc.format import BinaryLayerCode, CompressedModel, Node
 
@@ -37,6 +43,20 @@ class Fusion:
     pool: bool
     consumer: BinaryLayerCode
     rule: tuple[np.ndarray, np.ndarray]  # mstc.engine.fold.threshold_rule
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """The float ops after a binary layer, run in one pass (:func:`mstc.engine.epilogue.epilogue`).
+
+    Runs at node ``at`` (the add if there is one, else the binary layer) and produces ``output``."""
+
+    skip: tuple[str, ...]  # absorbed nodes that produce no value
+    at: str
+    output: str
+    table: np.ndarray  # (Cout, n+1) float32: BatchNorm(scale * (2u - n) + bias)
+    shortcut: str | None  # the add's other input
+    alpha: np.ndarray | None  # PReLU weights
 
 
 def _is_pool2(a: dict) -> bool:
@@ -66,14 +86,18 @@ class Runtime:
         if getattr(self.backend, "fuses", False):
             self.fusions = self._plan_fusions()
         self._skip = {name for f in self.fusions.values() for name in f.skip}
+        #: binary node name -> Epilogue (empty unless the backend fuses epilogues)
+        self.epilogues: dict[str, Epilogue] = {}
+        if getattr(self.backend, "fuses_epilogue", False):
+            self.epilogues = self._plan_epilogues()
+        #: add node name -> (binary node name, Epilogue) for the epilogues that include an add
+        self._epilogue_at = {e.at: (k, e) for k, e in self.epilogues.items() if e.at != k}
+        self._epilogue_skip = {s for e in self.epilogues.values() for s in e.skip}
 
     def _plan_fusions(self) -> dict[str, Fusion]:
         nodes = self.compressed.nodes
         layers = self.compressed.layers
-        users: dict[str, list[Node]] = {}
-        for node in nodes:
-            for name in node.inputs:
-                users.setdefault(name, []).append(node)
+        users = self._users()
 
         def only_user(node: Node, op: str) -> Node | None:
             u = users.get(node.name, [])
@@ -100,6 +124,66 @@ class Runtime:
             skip = (bn.name, mp.name) if pool else (bn.name,)
             fusions[node.name] = Fusion(skip, last.name, pool, layers[nxt.attrs["layer"]], rule)
         return fusions
+
+    def _users(self) -> dict[str, list[Node]]:
+        users: dict[str, list[Node]] = {}
+        for node in self.compressed.nodes:
+            for name in node.inputs:
+                users.setdefault(name, []).append(node)
+        return users
+
+    def _plan_epilogues(self) -> dict[str, Epilogue]:
+        """binary -> batch_norm [-> add] [-> prelu], each intermediate used once."""
+        users = self._users()
+
+        def only_user(name: str, op: str) -> Node | None:
+            u = users.get(name, [])
+            return u[0] if len(u) == 1 and u[0].op == op else None
+
+        out: dict[str, Epilogue] = {}
+        for node in self.compressed.nodes:
+            if node.op not in ("binary_conv2d", "binary_linear") or node.name in self.fusions:
+                continue
+            bn = only_user(node.name, "batch_norm")
+            if bn is None:
+                continue
+            layer = self.compressed.layers[node.attrs["layer"]]
+            table = self._table(layer, bn)
+            if table is None:
+                continue
+            skip, at, last, shortcut, alpha = [bn.name], node.name, bn.name, None, None
+            add = only_user(bn.name, "add")
+            if add is not None and len(add.inputs) == 2 and add.inputs[0] != add.inputs[1]:
+                shortcut = add.inputs[1] if add.inputs[0] == bn.name else add.inputs[0]
+                at = last = add.name
+            act = only_user(last, "prelu")
+            w = self._p(act, "weight") if act is not None else None
+            if w is not None and w.numel() in (1, layer.cout):
+                skip.append(act.name)
+                alpha = w.numpy().astype(np.float32)
+                last = act.name
+            out[node.name] = Epilogue(tuple(skip), at, last, table, shortcut, alpha)
+        return out
+
+    def _table(self, layer: BinaryLayerCode, bn: Node) -> np.ndarray | None:
+        """table[c, u] = BN(finish(2u - n)) through the same torch calls as :meth:`run`, or None
+        if the same calls on an activation-shaped tensor (another size, other positions) do not
+        reproduce it bit for bit."""
+        n = layer.n
+        y = (2 * np.arange(n + 1, dtype=np.int64) - n).astype(np.float32)
+        y = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(y, (1, layer.cout, 1, n + 1))))
+        with torch.no_grad():
+            table = self._apply(bn, [self._finish_binary(layer, y)], {})
+        table = np.ascontiguousarray(table.numpy().reshape(layer.cout, n + 1), dtype=np.float32)
+        u = np.random.default_rng(0).integers(0, n + 1, size=(2, layer.cout, 3, 37))
+        probe = torch.from_numpy((2 * u - n).astype(np.float32))
+        with torch.no_grad():
+            direct = self._apply(bn, [self._finish_binary(layer, probe)], {}).numpy()
+        looked_up = np.take_along_axis(table[None, :, None, :], u.reshape(2, layer.cout, 1, -1), 3)
+        same = np.array_equal(
+            direct.reshape(-1).view(np.uint32), looked_up.reshape(-1).view(np.uint32)
+        )
+        return table if same else None
 
     def _fold(self, layer: BinaryLayerCode, bn: Node):
         """f(y) at every reachable sum y = 2u - n, through the same torch calls as :meth:`run`,
@@ -133,14 +217,22 @@ class Runtime:
             raise ValueError("input contains NaN")
         values: dict[str, Any] = {}
         sums: dict[str, np.ndarray] = {}
+        pending: dict[str, np.ndarray] = {}  # sums waiting for their epilogue's add
         out: torch.Tensor | None = None
         fuse = bool(self.fusions) and tuple(x.shape[1:]) == tuple(self.compressed.input_shape)
         with torch.no_grad():
             for i, node in enumerate(self.compressed.nodes):
-                if fuse and node.name in self._skip:
+                if (fuse and node.name in self._skip) or node.name in self._epilogue_skip:
+                    continue
+                if node.name in self._epilogue_at:  # the add of a binary layer's epilogue
+                    producer, e = self._epilogue_at[node.name]
+                    shortcut = np.ascontiguousarray(values[e.shortcut].numpy())
+                    values[e.output] = self._run_epilogue(e, pending.pop(producer), shortcut)
+                    self._free(node, i, values)
                     continue
                 args = [values[name] for name in node.inputs]
                 f = self.fusions.get(node.name) if fuse else None
+                e = self.epilogues.get(node.name)
                 if f is not None:
                     layer = self.compressed.layers[node.attrs["layer"]]
                     planes, s = self.backend.conv2d_fused(
@@ -149,31 +241,50 @@ class Runtime:
                     values[f.output] = planes
                     if s is not None:
                         sums[layer.name] = s
+                elif e is not None:
+                    s = self._binary_sums(node, args[0])
+                    sums[node.attrs["layer"]] = s
+                    if e.at == node.name:
+                        values[e.output] = self._run_epilogue(e, s, None)
+                    else:
+                        pending[node.name] = s
                 elif node.op == "input":
                     values[node.name] = x
                 elif node.op == "output":
                     out = args[0]
                 else:
                     values[node.name] = self._apply(node, args, sums)
-                for name in node.inputs:  # free activations after their last use
-                    if self._last_use[name] == i:
-                        values.pop(name, None)
+                self._free(node, i, values)
         assert out is not None
         logits = out.numpy()
         return (logits, sums) if return_sums else logits
+
+    def _free(self, node: Node, i: int, values: dict[str, Any]) -> None:
+        """Drop the activations whose last use is node i."""
+        for name in node.inputs:
+            if self._last_use[name] == i:
+                values.pop(name, None)
+
+    def _run_epilogue(self, e: Epilogue, s: np.ndarray, shortcut: np.ndarray | None):
+        n = e.table.shape[1] - 1
+        t = self.backend.threads
+        return torch.from_numpy(epilogue(s, e.table, n, shortcut, e.alpha, t if t else 1))
+
+    def _binary_sums(self, node: Node, xin) -> np.ndarray:
+        """int32 sums of a binary layer from the backend."""
+        layer = self.compressed.layers[node.attrs["layer"]]
+        if isinstance(xin, torch.Tensor):
+            xin = np.ascontiguousarray(xin.numpy())
+        if node.op == "binary_conv2d":
+            return self.backend.conv2d(layer, xin)
+        return self.backend.linear(layer, xin)
 
     def _apply(self, node: Node, args: list[torch.Tensor], sums: dict[str, np.ndarray]):
         a = node.attrs
         op = node.op
         if op in ("binary_conv2d", "binary_linear"):
             layer = self.compressed.layers[a["layer"]]
-            xin = args[0]
-            if isinstance(xin, torch.Tensor):
-                xin = np.ascontiguousarray(xin.numpy())
-            if op == "binary_conv2d":
-                s = self.backend.conv2d(layer, xin)
-            else:
-                s = self.backend.linear(layer, xin)
+            s = self._binary_sums(node, args[0])
             sums[layer.name] = s
             return self._finish_binary(layer, torch.from_numpy(s.astype(np.float32)))
         x = args[0]
