@@ -67,12 +67,37 @@ def test_epilogue_matches_torch(batch, cout, spatial, n, add, prelu, seed):
         np.testing.assert_array_equal(_bits(got), _bits(expect.numpy()))
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    cout=st.integers(1, 5),
+    hw=st.tuples(st.integers(2, 9), st.integers(2, 9)),
+    n=st.integers(1, 12),
+    seed=st.integers(0, 2**16),
+)
+def test_epilogue_pool_matches_torch(batch, cout, hw, n, seed):
+    """Odd sizes (floor), ties of 0.0 / -0.0 and NaN / infinities in the table."""
+    rng = np.random.default_rng(seed)
+    shape = (batch, cout, *hw)
+    u = rng.integers(0, n + 1, size=shape)
+    table = rng.choice(np.array([0.0, -0.0, 1.5, -2.0, np.inf, -np.inf, np.nan], np.float32),
+                       size=(cout, n + 1))  # fmt: skip
+    expect = np.take_along_axis(table[None], u.reshape(batch, cout, -1), 2).reshape(shape)
+    expect = F.max_pool2d(torch.from_numpy(expect), 2).numpy()
+    for threads in (1, 2):
+        got = epilogue((2 * u - n).astype(np.int32), table, n, nthreads=threads, pool=True)
+        assert got.shape == expect.shape
+        np.testing.assert_array_equal(_bits(got), _bits(expect))
+
+
 def test_epilogue_bad_shapes():
     sums = np.zeros((2, 3, 4), np.int32)
     with pytest.raises(ValueError, match="table"):
         epilogue(sums, np.zeros((3, 5), np.float32), 5)
     with pytest.raises(ValueError, match="shortcut"):
         epilogue(sums, np.zeros((3, 6), np.float32), 5, shortcut=np.zeros((2, 3, 5), np.float32))
+    with pytest.raises(ValueError, match="pool"):
+        epilogue(sums, np.zeros((3, 6), np.float32), 5, pool=True)
 
 
 def _randomise_float_parts(model: torch.nn.Module, seed: int) -> None:
@@ -107,6 +132,8 @@ def test_models_with_epilogues(name, kw, shape, backend):
     assert rt.epilogues, "no epilogue planned"
     if name.startswith("resnet"):  # Bi-Real: every binary conv's BN feeds an add, then PReLU
         assert all(e.shortcut is not None and e.alpha is not None for e in rt.epilogues.values())
+    else:  # vgg: BN, then a 2x2 max pool after some layers
+        assert any(e.pool for e in rt.epilogues.values())
     x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
     other = x[:1, :, 1:, :-2] if name.startswith("resnet") else x[:1]  # vgg: fixed classifier
     for xi in (x, other):  # the traced shape and another one
@@ -131,3 +158,30 @@ def test_xnor_row_tiles(monkeypatch, tile_words):
         _, sums = run(cm, x, "packed", threads=threads, return_sums=True)
         for k in ref:
             np.testing.assert_array_equal(sums[k], ref[k], err_msg=k)
+
+
+def test_plan_choice_fused_and_unfused():
+    """The autotuned "mst" runtime times the fused plan against the unfused one (epilogues on
+    every binary layer) at each new input shape; both are exact."""
+    from mstc.bench import cluster_weights
+
+    torch.manual_seed(0)
+    model = create_model("vgg_small", width=0.125, image_size=16).eval()
+    _randomise_float_parts(model, 2)
+    cluster_weights(model, centres=2, flip=0.01, seed=3)
+    cm = mstc.compress(model, complement=True, input_shape=(3, 16, 16))
+    x = np.random.default_rng(8).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    ref_logits, ref = run(cm, x, "reference", return_sums=True)
+    rt = Runtime(cm, "mst", threads=1)
+    assert rt.fusions and all(k in rt.epilogues for k in rt.fusions)
+    rt.run(x)
+    assert rt.plans[x.shape] in ("fused", "unfused")
+    for plan in ("fused", "unfused"):
+        rt.plans[x.shape] = plan
+        for want_sums in (True, False):
+            got = rt.run(x, return_sums=want_sums)
+            logits = got[0] if want_sums else got
+            np.testing.assert_array_equal(_bits(logits), _bits(ref_logits), err_msg=plan)
+            if want_sums:
+                for k in ref:
+                    np.testing.assert_array_equal(got[1][k], ref[k], err_msg=f"{plan} {k}")

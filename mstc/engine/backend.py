@@ -8,6 +8,7 @@ padding -1, i.e. ``n - 2 * popcount(A XOR W_j)`` on bits.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -35,6 +36,21 @@ class Backend:
     def linear(self, layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
         """int32 sums (N, Cout) of a binary linear layer for a float32 (N, n) input."""
         raise NotImplementedError
+
+
+def fastest(kernels: dict, nthreads: int) -> str:
+    """Name of the fastest of some exact, interchangeable kernels (callables), timed on CPU time
+    for one thread (robust to other load) or wall time; round 0 loads them and is not counted;
+    ties go to the first."""
+    clock = time.thread_time if nthreads == 1 else time.perf_counter
+    times = dict.fromkeys(kernels, float("inf"))
+    for rnd in range(3):
+        for name, run in kernels.items():
+            t = clock()
+            run()
+            if rnd:
+                times[name] = min(times[name], clock() - t)
+    return min(times, key=times.get)
 
 
 _BACKENDS: dict[str, Callable[..., Backend]] = {}

@@ -7,6 +7,9 @@ one:
 
     out[b, c, p] = prelu_c(table[c, (y[b, c, p] + n) / 2] + shortcut[b, c, p])
 
+In vgg-style networks the BatchNorm is followed by a 2x2 max pool instead, taken in the same
+pass (torch's CPU rule: the first maximum in window order, NaN wins).
+
 The first part depends only on the integer sum y = 2u - n (u = 0..n agreeing taps) and the channel,
 so it is tabulated by evaluating the runtime's own torch calls on all n + 1 reachable sums, exactly
 like :mod:`mstc.engine.fold` (exact by construction; the runtime also checks the table against a
@@ -52,6 +55,34 @@ def _rows(y, table, n, shortcut, alpha, mode, r0, r1, out):  # pragma: no cover 
                 orow[p] = row[(yr[p] + n) >> 1]
 
 
+@njit(cache=True)
+def _rows_pool(y, table, n, H, W, r0, r1, out):  # pragma: no cover - numba
+    """Rows r = b*C + c in [r0, r1): out[r, i, k] = max_pool 2x2 of table[c, (y + n) / 2] with
+    torch's CPU rule (scan in window order, keep the first maximum, NaN wins)."""
+    C = table.shape[0]
+    Ho = H // 2
+    Wo = W // 2
+    for r in range(r0, r1):
+        row = table[r % C]
+        for i in range(Ho):
+            for k in range(Wo):
+                m = -np.inf
+                for dy in range(2):
+                    for dx in range(2):
+                        v = row[(y[r, (2 * i + dy) * W + 2 * k + dx] + n) >> 1]
+                        if v > m or np.isnan(v):
+                            m = v
+                out[r, i * Wo + k] = m
+
+
+@njit(parallel=True, cache=True)
+def _pool_par(y, table, n, H, W, nchunks, out):  # pragma: no cover - numba
+    rows = y.shape[0]
+    for ch in prange(nchunks):
+        r0 = ch * rows // nchunks
+        _rows_pool(y, table, n, H, W, r0, (ch + 1) * rows // nchunks, out)
+
+
 @njit(parallel=True, cache=True)
 def _rows_par(y, table, n, shortcut, alpha, mode, nchunks, out):  # pragma: no cover - numba
     rows = y.shape[0]
@@ -67,8 +98,11 @@ def epilogue(
     shortcut: np.ndarray | None = None,
     alpha: np.ndarray | None = None,
     nthreads: int = 1,
+    *,
+    pool: bool = False,
 ) -> np.ndarray:
-    """float32 ``prelu(table[c, (sums + n) // 2] + shortcut)`` with the shape of ``sums``.
+    """float32 ``prelu(table[c, (sums + n) // 2] + shortcut)`` with the shape of ``sums``, or with
+    ``pool`` (no shortcut, no PReLU) ``max_pool2d(table[c, (sums + n) // 2], 2)``.
 
     ``sums``: int32 (N, C, ...) integer sums of a layer with n taps; ``table``: float32 (C, n+1);
     ``shortcut``: float32 of the same shape as ``sums`` or None; ``alpha``: PReLU weights (C,)
@@ -77,6 +111,17 @@ def epilogue(
     if table.shape != (C, n + 1):
         raise ValueError(f"table shape {table.shape} != ({C}, {n + 1})")
     y = np.ascontiguousarray(sums, dtype=np.int32).reshape(N * C, -1)
+    t = np.ascontiguousarray(table, dtype=np.float32)
+    if pool:
+        if sums.ndim != 4 or shortcut is not None or alpha is not None:
+            raise ValueError("pool: sums must be (N, C, H, W), without shortcut or PReLU")
+        H, W = sums.shape[2], sums.shape[3]
+        out = np.empty((N * C, (H // 2) * (W // 2)), np.float32)
+        if nthreads > 1 and N * C > 1:
+            _pool_par(y, t, n, H, W, min(N * C, 4 * nthreads), out)
+        elif out.size:
+            _rows_pool(y, t, n, H, W, 0, N * C, out)
+        return out.reshape(N, C, H // 2, W // 2)
     mode = 0
     s = np.zeros((1, 1), np.float32)
     if shortcut is not None:
@@ -89,7 +134,6 @@ def epilogue(
         a = np.ascontiguousarray(np.broadcast_to(np.asarray(alpha, np.float32).reshape(-1), (C,)))
         mode |= 2
     out = np.empty(y.shape, np.float32)
-    t = np.ascontiguousarray(table, dtype=np.float32)
     if nthreads > 1 and N * C > 1:
         _rows_par(y, t, n, s, a, mode, min(N * C, 4 * nthreads), out)
     elif out.size:

@@ -25,12 +25,10 @@ Oracle: the "reference" backend (:mod:`mstc.engine.reference`), which walks the 
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 from numba import njit, prange
 
-from mstc.engine.backend import Backend, register_backend
+from mstc.engine.backend import Backend, fastest, register_backend
 from mstc.engine.fold import apply_rule
 from mstc.engine.packed import (
     _set_threads,
@@ -296,21 +294,6 @@ def _tiles_par(
         )  # fmt: skip
 
 
-def _fastest(kernels: dict, nthreads: int) -> str:
-    """Name of the fastest of some exact, interchangeable kernels (callables), timed on CPU time
-    for one thread (robust to other load) or wall time; round 0 loads them and is not counted;
-    ties go to the first."""
-    clock = time.thread_time if nthreads == 1 else time.perf_counter
-    times = dict.fromkeys(kernels, float("inf"))
-    for rnd in range(3):
-        for name, run in kernels.items():
-            t = clock()
-            run()
-            if rnd:
-                times[name] = min(times[name], clock() - t)
-    return min(times, key=times.get)
-
-
 class LayerSchedule:
     """Per-layer precomputed data of the "mst" backend.
 
@@ -435,7 +418,7 @@ class MSTBackend(Backend):
         return out.reshape(N, layer.cout, Ho, Wo)
 
     def _tune(self, layer, sched, x, geom, out, nthreads) -> str:
-        return _fastest(
+        return fastest(
             {
                 "delta": lambda: self._delta(layer, sched, x, geom, out, nthreads),
                 "xnor": lambda: self._xnor(
@@ -509,7 +492,7 @@ class MSTBackend(Backend):
         """The plane kernel for ``key``: fixed, or timed once (both are exact)."""
         kernel = self.kernels.get(key)
         if kernel is None:
-            kernel = self.plane_kernel or _fastest(
+            kernel = self.plane_kernel or fastest(
                 {"sliced": run_sliced, "int": run_int}, _set_threads(self.threads)
             )
             self.kernels[key] = kernel

@@ -167,6 +167,47 @@ def mismatches4(patch, wT, KW, Cu, acc):  # pragma: no cover - numba
             acc[3, j] += popc(x3 ^ w)
 
 
+@njit(cache=True, inline="always")
+def _popc4(tile, wT, P, j0, acc):  # pragma: no cover - numba
+    """acc[q, p] = sum_t popcount(tile[t, p] XOR wT[t, j0 + q]) for q < 4, p < P: patch words
+    two at a time (one read-modify-write of acc per two popcounts), an odd first word alone."""
+    KW = tile.shape[0]
+    Pu = np.uint64(P)  # unsigned loop index: no wrap-around checks, the loops vectorise
+    t = KW % 2
+    if t:
+        w0 = wT[0, j0]
+        w1 = wT[0, j0 + 1]
+        w2 = wT[0, j0 + 2]
+        w3 = wT[0, j0 + 3]
+        for p in range(Pu):
+            x = tile[0, p]
+            acc[0, p] = popc(x ^ w0)
+            acc[1, p] = popc(x ^ w1)
+            acc[2, p] = popc(x ^ w2)
+            acc[3, p] = popc(x ^ w3)
+    else:
+        for q in range(4):
+            for p in range(Pu):
+                acc[q, p] = 0
+    while t < KW:
+        a0 = wT[t, j0]
+        a1 = wT[t, j0 + 1]
+        a2 = wT[t, j0 + 2]
+        a3 = wT[t, j0 + 3]
+        b0 = wT[t + 1, j0]
+        b1 = wT[t + 1, j0 + 1]
+        b2 = wT[t + 1, j0 + 2]
+        b3 = wT[t + 1, j0 + 3]
+        for p in range(Pu):
+            x = tile[t, p]
+            y = tile[t + 1, p]
+            acc[0, p] += popc(x ^ a0) + popc(y ^ b0)
+            acc[1, p] += popc(x ^ a1) + popc(y ^ b1)
+            acc[2, p] += popc(x ^ a2) + popc(y ^ b2)
+            acc[3, p] += popc(x ^ a3) + popc(y ^ b3)
+        t += 2
+
+
 @njit(cache=True)
 def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out):  # pragma: no cover
     """Units [u0, u1) of R output rows each; rows are flattened over (batch, Ho).
@@ -175,7 +216,8 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out):  # pr
     (word t of every patch contiguous over positions; tap (ky, kx) of C bits lands at patch bit
     (ky*kw + kx)*C, the packed_weights order), then for 4 output channels j at a time
     ``acc[j, p] += popcount(tile[t, p] XOR wT[t, j])`` runs over the positions (vectorised with
-    vpopcnt), and out[b, j, ho*Wo + wo] = n - 2*acc."""
+    vpopcnt), and out[b, j, ho*Wo + wo] = n - 2*acc. Patches of 4 words (the caller pads shorter
+    ones with zero words) skip the accumulator: each channel's 4 popcounts go straight to out."""
     KW = wT.shape[0]
     Cout = wT.shape[1]
     CW = xp.shape[3]
@@ -187,8 +229,10 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out):  # pr
         g0 = u * R
         nr = min(R, G - g0)
         P = nr * Wo
+        Pu = np.uint64(P)
+        Wu = np.uint64(Wo)
         for t in range(KW):
-            for p in range(P):
+            for p in range(Pu):
                 tile[t, p] = 0
         for ky in range(kh):
             for kx in range(kw):
@@ -200,30 +244,37 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out):  # pr
                     for r in range(nr):
                         b = (g0 + r) // Ho
                         hh = (g0 + r - b * Ho) * sh + ky * dh
-                        q = r * Wo
-                        for wo in range(Wo):
-                            word = xp[b, hh, wo * sw + kx * dw, cw]
+                        q = np.uint64(r * Wo)
+                        x0 = np.uint64(kx * dw)
+                        swu = np.uint64(sw)
+                        for wo in range(Wu):
+                            word = xp[b, hh, x0 + wo * swu, cw]
                             tile[t, q + wo] |= word << s
                             if spill:
                                 tile[t + 1, q + wo] |= word >> (np.uint64(64) - s)
+        if KW == 4:  # short patches: the sum of 4 words straight into out, no accumulator
+            for r in range(nr):
+                b = (g0 + r) // Ho
+                obase = np.uint64((g0 + r - b * Ho) * Wo)
+                q = np.uint64(r * Wo)
+                for j in range(Cout):
+                    w0 = wT[0, j]
+                    w1 = wT[1, j]
+                    w2 = wT[2, j]
+                    w3 = wT[3, j]
+                    for wo in range(Wu):
+                        m = popc(tile[0, q + wo] ^ w0) + popc(tile[1, q + wo] ^ w1)
+                        m += popc(tile[2, q + wo] ^ w2) + popc(tile[3, q + wo] ^ w3)
+                        out[b, j, obase + wo] = n - 2 * np.int64(m)
+            continue
         for j0 in range(0, Cout, 4):
             nj = min(4, Cout - j0)
-            for q in range(4):
-                for p in range(P):
-                    acc[q, p] = 0
             if nj == 4:
-                for t in range(KW):
-                    w0 = wT[t, j0]
-                    w1 = wT[t, j0 + 1]
-                    w2 = wT[t, j0 + 2]
-                    w3 = wT[t, j0 + 3]
-                    for p in range(P):
-                        x = tile[t, p]
-                        acc[0, p] += popc(x ^ w0)
-                        acc[1, p] += popc(x ^ w1)
-                        acc[2, p] += popc(x ^ w2)
-                        acc[3, p] += popc(x ^ w3)
+                _popc4(tile, wT, P, j0, acc)
             else:
+                for q in range(nj):
+                    for p in range(P):
+                        acc[q, p] = 0
                 for t in range(KW):
                     for q in range(nj):
                         wq = wT[t, j0 + q]
@@ -231,11 +282,12 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out):  # pr
                             acc[q, p] += popc(tile[t, p] ^ wq)
             for r in range(nr):
                 b = (g0 + r) // Ho
-                obase = (g0 + r - b * Ho) * Wo
+                obase = np.uint64((g0 + r - b * Ho) * Wo)
+                q0 = np.uint64(r * Wo)
                 for q in range(nj):
                     dst = j0 + q
-                    for wo in range(Wo):
-                        out[b, dst, obase + wo] = n - 2 * np.int64(acc[q, r * Wo + wo])
+                    for wo in range(Wu):
+                        out[b, dst, obase + wo] = n - 2 * np.int64(acc[q, q0 + wo])
 
 
 @njit(parallel=True, cache=True)
@@ -263,6 +315,9 @@ def xnor_conv(
     ``xp`` from :func:`packed_input`, ``wT`` from :func:`packed_weights`, geometry
     (kh, kw, sh, sw, dh, dw). One thread runs serially (no thread pool is started)."""
     KW = wT.shape[0]
+    if KW < 4:  # zero words (popcount 0 against the zero tile rows): the direct 4-word path
+        wT = np.concatenate([wT, np.zeros((4 - KW, wT.shape[1]), np.uint64)])
+        KW = 4
     R = max(1, (TILE_WORDS // KW) // Wo)  # rows per unit: the [KW, R*Wo] tile stays in L1/L2
     units = (out.shape[0] * Ho + R - 1) // R
     if nthreads > 1 and units > 1:

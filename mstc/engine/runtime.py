@@ -14,8 +14,8 @@ every reachable integer sum), and the backend hands the consumer its input as bi
 (:class:`mstc.engine.sliced.BitPlanes`). Fusion applies at the traced input shape only.
 
 Epilogues. With a backend that sets ``fuses_epilogue = True`` ("packed", "mst"), the float ops
-after any other binary layer -- BatchNorm, and in a Bi-Real block the shortcut add and PReLU -- run
-as one pass (:mod:`mstc.engine.epilogue`) from a per-channel table of BN(scale * y) over the n + 1
+after any other binary layer -- BatchNorm, then a 2x2 max pool, or in a Bi-Real block the shortcut
+add and PReLU -- run as one pass (:mod:`mstc.engine.epilogue`) from a per-channel table of BN(scale * y) over the n + 1
 reachable sums, evaluated with this runtime's own torch calls and checked before use.
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mstc.engine.backend import get_backend
+from mstc.engine.backend import fastest, get_backend
 from mstc.engine.epilogue import epilogue
 from mstc.engine.fold import threshold_rule
 from mstc.format import BinaryLayerCode, CompressedModel, Node
@@ -57,6 +57,7 @@ class Epilogue:
     table: np.ndarray  # (Cout, n+1) float32: BatchNorm(scale * (2u - n) + bias)
     shortcut: str | None  # the add's other input
     alpha: np.ndarray | None  # PReLU weights
+    pool: bool = False  # a 2x2 max pool after the BatchNorm (then no add, no PReLU)
 
 
 def _is_pool2(a: dict) -> bool:
@@ -90,9 +91,18 @@ class Runtime:
         self.epilogues: dict[str, Epilogue] = {}
         if getattr(self.backend, "fuses_epilogue", False):
             self.epilogues = self._plan_epilogues()
+        #: input shape -> "fused" / "unfused": with a fully autotuned backend, the first pass at a
+        #: shape times the fused plan against the unfused one (both exact) and keeps the faster
+        self.plans: dict[tuple[int, ...], str] = {}
+        self._tune_plans = bool(self.fusions) and bool(getattr(self.backend, "autotune", False))
+        self._tune_plans &= getattr(self.backend, "plane_kernel", None) is None
         #: add node name -> (binary node name, Epilogue) for the epilogues that include an add
         self._epilogue_at = {e.at: (k, e) for k, e in self.epilogues.items() if e.at != k}
-        self._epilogue_skip = {s for e in self.epilogues.values() for s in e.skip}
+        # nodes that produce no value of their own, with and without the fused chains
+        self._skip_unfused = {s for e in self.epilogues.values() for s in e.skip}
+        self._skip_fused = self._skip | {
+            s for k, e in self.epilogues.items() if k not in self.fusions for s in e.skip
+        }
 
     def _plan_fusions(self) -> dict[str, Fusion]:
         nodes = self.compressed.nodes
@@ -133,7 +143,7 @@ class Runtime:
         return users
 
     def _plan_epilogues(self) -> dict[str, Epilogue]:
-        """binary -> batch_norm [-> add] [-> prelu], each intermediate used once."""
+        """binary -> batch_norm -> (2x2 max pool | [add] [-> prelu]), intermediates used once."""
         users = self._users()
 
         def only_user(name: str, op: str) -> Node | None:
@@ -142,7 +152,7 @@ class Runtime:
 
         out: dict[str, Epilogue] = {}
         for node in self.compressed.nodes:
-            if node.op not in ("binary_conv2d", "binary_linear") or node.name in self.fusions:
+            if node.op not in ("binary_conv2d", "binary_linear"):
                 continue
             bn = only_user(node.name, "batch_norm")
             if bn is None:
@@ -150,6 +160,11 @@ class Runtime:
             layer = self.compressed.layers[node.attrs["layer"]]
             table = self._table(layer, bn)
             if table is None:
+                continue
+            mp = only_user(bn.name, "max_pool2d")
+            if mp is not None and node.op == "binary_conv2d" and _is_pool2(mp.attrs):
+                out[node.name] = Epilogue((bn.name, mp.name), node.name, mp.name, table, None,
+                                          None, pool=True)  # fmt: skip
                 continue
             skip, at, last, shortcut, alpha = [bn.name], node.name, bn.name, None, None
             add = only_user(bn.name, "add")
@@ -215,14 +230,29 @@ class Runtime:
             raise ValueError(f"input must have shape (N, {c}, H, W), got {tuple(x.shape)}")
         if torch.isnan(x).any():
             raise ValueError("input contains NaN")
+        fuse = bool(self.fusions) and tuple(x.shape[1:]) == tuple(self.compressed.input_shape)
+        if fuse and self._tune_plans:
+            key = tuple(x.shape)
+            if key not in self.plans:
+                self.plans[key] = fastest(
+                    {
+                        "fused": lambda: self._forward(x, True, return_sums),
+                        "unfused": lambda: self._forward(x, False, return_sums),
+                    },
+                    self.backend.threads or 1,
+                )
+            fuse = self.plans[key] == "fused"
+        return self._forward(x, fuse, return_sums)
+
+    def _forward(self, x: torch.Tensor, fuse: bool, return_sums: bool):
         values: dict[str, Any] = {}
         sums: dict[str, np.ndarray] = {}
         pending: dict[str, np.ndarray] = {}  # sums waiting for their epilogue's add
         out: torch.Tensor | None = None
-        fuse = bool(self.fusions) and tuple(x.shape[1:]) == tuple(self.compressed.input_shape)
+        skip = self._skip_fused if fuse else self._skip_unfused
         with torch.no_grad():
             for i, node in enumerate(self.compressed.nodes):
-                if (fuse and node.name in self._skip) or node.name in self._epilogue_skip:
+                if node.name in skip:
                     continue
                 if node.name in self._epilogue_at:  # the add of a binary layer's epilogue
                     producer, e = self._epilogue_at[node.name]
@@ -232,7 +262,7 @@ class Runtime:
                     continue
                 args = [values[name] for name in node.inputs]
                 f = self.fusions.get(node.name) if fuse else None
-                e = self.epilogues.get(node.name)
+                e = self.epilogues.get(node.name) if f is None else None
                 if f is not None:
                     layer = self.compressed.layers[node.attrs["layer"]]
                     planes, s = self.backend.conv2d_fused(
@@ -268,7 +298,8 @@ class Runtime:
     def _run_epilogue(self, e: Epilogue, s: np.ndarray, shortcut: np.ndarray | None):
         n = e.table.shape[1] - 1
         t = self.backend.threads
-        return torch.from_numpy(epilogue(s, e.table, n, shortcut, e.alpha, t if t else 1))
+        nthreads = t if t else 1
+        return torch.from_numpy(epilogue(s, e.table, n, shortcut, e.alpha, nthreads, pool=e.pool))
 
     def _binary_sums(self, node: Node, xin) -> np.ndarray:
         """int32 sums of a binary layer from the backend."""

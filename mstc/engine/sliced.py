@@ -371,23 +371,25 @@ def _tiles(
     for t in range(t_begin, t_end):
         t0 = t * TW
         tw = min(TW, ow - t0)
+        tu = np.uint64(tw)  # unsigned loop index: no wrap-around checks in the word loops
+        t0u = np.uint64(t0)
         for k in range(K):  # shifted tap runs of this tile
             row = X[tap_c[k]]
-            wa = t0 + tap_w[k]
+            wa = np.uint64(t0 + tap_w[k])
             bs = tap_b[k]
             if bs == 0:
-                for i in range(tw):
+                for i in range(tu):
                     XT[k, i] = row[wa + i]
             else:
                 sb = np.uint64(bs)
                 cb = np.uint64(64 - bs)
-                for i in range(tw):
-                    XT[k, i] = (row[wa + i] >> sb) | (row[wa + i + 1] << cb)
+                for i in range(tu):
+                    XT[k, i] = (row[wa + i] >> sb) | (row[wa + i + np.uint64(1)] << cb)
         for e in range(cout):
             j = order[e]
             L = nbits[e]
             for l in range(L):
-                for i in range(tw):
+                for i in range(tu):
                     M[l, i] = 0
             q = ptr[e]
             q1 = ptr[e + 1]
@@ -396,7 +398,7 @@ def _tiles(
                 kb, fb = _taps4(tidx, tflip, q + 4)
                 kc, fc = _taps4(tidx, tflip, q + 8)
                 kd, fd = _taps4(tidx, tflip, q + 12)
-                for i in range(tw):
+                for i in range(tu):
                     fA, o1, o2 = _add4(M[0, i], M[1, i], XT, i, ka, fa)
                     fB, o1, o2 = _add4(o1, o2, XT, i, kb, fb)
                     eA, o4 = _csa(M[2, i], fA, fB)
@@ -407,20 +409,20 @@ def _tiles(
                     M[0, i] = o1
                     M[1, i] = o2
                     M[2, i] = o4
-                _ripple(M, C4, 4, L, tw)
+                _ripple(M, C4, 4, L, tu)
                 q += 16
             while q + 4 <= q1:  # blocks of 4: two CSAs into ones/twos, ripple the fours
                 ka, fa = _taps4(tidx, tflip, q)
-                for i in range(tw):
+                for i in range(tu):
                     C4[i], M[0, i], M[1, i] = _add4(M[0, i], M[1, i], XT, i, ka, fa)
-                _ripple(M, C4, 2, L, tw)
+                _ripple(M, C4, 2, L, tu)
                 q += 4
             while q < q1:  # single taps: ripple from the ones
                 k0 = tidx[q]
                 f0 = tflip[q]
-                for i in range(tw):
+                for i in range(tu):
                     C4[i] = XT[k0, i] ^ f0
-                _ripple(M, C4, 0, L, tw)
+                _ripple(M, C4, 0, L, tu)
                 q += 1
             dj = depth[e]
             P = V[dj]
@@ -428,58 +430,58 @@ def _tiles(
             if kd == 0:  # root: v = m
                 for b in range(B):
                     if b < L:
-                        for i in range(tw):
+                        for i in range(tu):
                             P[b, i] = M[b, i]
                     else:
-                        for i in range(tw):
+                        for i in range(tu):
                             P[b, i] = 0
             else:  # v = src + 2m, src = v_parent or its complement over ncomp planes
                 S = V[dj - 1]
                 nc = ncomp[e] if kd == 2 else 0
-                for i in range(tw):
+                for i in range(tu):
                     P[0, i] = S[0, i] ^ ones if nc > 0 else S[0, i]
                     C4[i] = 0
                 for b in range(1, B):
                     fl = ones if b < nc else np.uint64(0)
                     if b - 1 < L:
-                        for i in range(tw):
+                        for i in range(tu):
                             C4[i], P[b, i] = _csa(S[b, i] ^ fl, M[b - 1, i], C4[i])
                     else:
-                        for i in range(tw):
+                        for i in range(tu):
                             s = S[b, i] ^ fl
                             P[b, i] = s ^ C4[i]
                             C4[i] = s & C4[i]
             if want_planes:
                 for b in range(B):
-                    for i in range(tw):
-                        VS[j, b, t0 + i] = P[b, i]
+                    for i in range(tu):
+                        VS[j, b, t0u + i] = P[b, i]
             if want_bits:
                 md = emode[e]
                 if md == 0:
-                    for i in range(tw):
-                        OB[j, t0 + i] = 0
+                    for i in range(tu):
+                        OB[j, t0u + i] = 0
                 elif md == 1:
-                    for i in range(tw):
-                        OB[j, t0 + i] = ones
+                    for i in range(tu):
+                        OB[j, t0u + i] = ones
                 else:
                     T = etv[e]
-                    for i in range(tw):
+                    for i in range(tu):
                         GE_[i] = 0
                         EQ[i] = ones
                     for bb in range(B):
                         b = B - 1 - bb
                         if (T >> np.uint64(b)) & np.uint64(1):
-                            for i in range(tw):
+                            for i in range(tu):
                                 EQ[i] &= P[b, i]
                         else:
-                            for i in range(tw):
+                            for i in range(tu):
                                 GE_[i] |= EQ[i] & P[b, i]
                     if md == 2:
-                        for i in range(tw):
-                            OB[j, t0 + i] = GE_[i] | EQ[i]
+                        for i in range(tu):
+                            OB[j, t0u + i] = GE_[i] | EQ[i]
                     else:
-                        for i in range(tw):
-                            OB[j, t0 + i] = ~(GE_[i] | EQ[i])
+                        for i in range(tu):
+                            OB[j, t0u + i] = ~(GE_[i] | EQ[i])
 
 
 @njit(parallel=True, cache=True)
