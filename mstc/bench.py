@@ -161,12 +161,13 @@ def _engine_runner(cm, backend: str, threads: int, x, timer: _Timer):
     return rt, lambda: rt.run(x)
 
 
-def _chosen_kernel(chosen: dict, name: str) -> str:
+def _chosen_kernel(chosen: dict, name: str, fused: bool = True) -> str:
     """The kernel a backend settled on for a layer: the bit-plane kernel ("sliced" or the integer
-    one behind "int") where the layer was fused or fed planes, else "delta" / "xnor"."""
+    one behind "int") where the layer was fused or fed planes (and the runtime runs the fused
+    plan), else "delta" / "xnor"."""
     plane = next((v for k, v in chosen.items() if k[0] == name and len(k) == 3), None)
     plain = next((v for k, v in chosen.items() if k[0] == name and len(k) == 2), "xnor")
-    if plane == "sliced":
+    if fused and plane == "sliced":
         return "sliced"
     return plain
 
@@ -206,8 +207,12 @@ def worker_main(config: dict[str, Any]) -> None:
         f()
     if backend != "torch":
         chosen = getattr(rt.backend, "kernels", {})
+        plan = rt.plans.get(tuple(x.shape), "fused" if rt.fusions else "unfused")
+        info["plan"] = plan
         for name in info["layers"]:
-            info["layers"][name][f"{backend}_kernel"] = _chosen_kernel(chosen, name)
+            info["layers"][name][f"{backend}_kernel"] = _chosen_kernel(
+                chosen, name, plan == "fused"
+            )
     print(json.dumps({"ready": True, **info}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -326,6 +331,7 @@ def run_bench(
         "samples": {b: len(totals[b]) for b in backends},
         "ratios": _ratios(med),
         "binary_ratios": _ratios(binary_ms),
+        "mst_plan": info.get("mst", {}).get("plan"),
         "layers": [
             {
                 "name": k,
@@ -385,6 +391,8 @@ def format_report(r: dict[str, Any]) -> str:
     ):
         lines.append(f"{label:<28} {'':<28} {'':>6} " + " ".join(f"{r[key][b]:10.3f}" for b in bs))
     lines.append("")
+    if r.get("mst_plan"):
+        lines.append(f"mst plan at this input shape: {r['mst_plan']}")
     for label, key in (("whole network", "ratios"), ("binary layers", "binary_ratios")):
         lines.append(f"speed-up, {label}: " + ", ".join(f"{k} {v:.2f}x" for k, v in r[key].items()))
     return "\n".join(lines)

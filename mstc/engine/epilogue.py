@@ -28,7 +28,7 @@ from numba import njit, prange
 def _rows(y, table, n, shortcut, alpha, mode, r0, r1, out):  # pragma: no cover - numba
     """Rows r = b*C + c in [r0, r1) of (N*C, P) views. mode bit 0: add shortcut, bit 1: PReLU."""
     C = table.shape[0]
-    P = y.shape[1]
+    P = np.uint64(y.shape[1])  # unsigned loop index: no wrap-around checks, the loops vectorise
     add = (mode & 1) != 0
     prelu = (mode & 2) != 0
     for r in range(r0, r1):
@@ -61,18 +61,23 @@ def _rows_pool(y, table, n, H, W, r0, r1, out):  # pragma: no cover - numba
     torch's CPU rule (scan in window order, keep the first maximum, NaN wins)."""
     C = table.shape[0]
     Ho = H // 2
-    Wo = W // 2
+    Wo = np.uint64(W // 2)
+    Wu = np.uint64(W)
+    two = np.uint64(2)
     for r in range(r0, r1):
         row = table[r % C]
+        yr = y[r]
+        orow = out[r]
         for i in range(Ho):
+            top = np.uint64(2 * i) * Wu
             for k in range(Wo):
                 m = -np.inf
-                for dy in range(2):
-                    for dx in range(2):
-                        v = row[(y[r, (2 * i + dy) * W + 2 * k + dx] + n) >> 1]
+                for dy in range(two):
+                    for dx in range(two):
+                        v = row[(yr[top + dy * Wu + two * k + dx] + n) >> 1]
                         if v > m or np.isnan(v):
                             m = v
-                out[r, i * Wo + k] = m
+                orow[np.uint64(i) * Wo + k] = m
 
 
 @njit(parallel=True, cache=True)

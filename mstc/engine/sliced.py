@@ -538,24 +538,28 @@ def run_layer(
 @njit(cache=True)
 def _unpack_sums(VS, c, n_taps, N, Hp, Wp, Ho, Wo, out):  # pragma: no cover - numba
     """out[n, j, h, w] = 2 * (v_j + c_j) - n_taps at grid index (n*Hp + h)*Wp + w: v of a whole
-    word of positions at once, one plane after the other (the bit loop vectorises)."""
+    word of positions at once, one plane after the other (the bit loop vectorises; unsigned
+    indices, so no wrap-around checks)."""
     cout, B, ow = VS.shape
     val = np.empty(ow * 64, np.int32)
+    u64 = np.uint64(64)
+    wu = np.uint64(Wo)
     for j in range(cout):
         for a in range(ow):
-            base = a * 64
-            for t in range(64):
+            base = np.uint64(a) * u64
+            for t in range(u64):
                 val[base + t] = 0
             for b in range(B):
                 w = VS[j, b, a]
-                for t in range(64):
-                    val[base + t] += np.int32((w >> np.uint64(t)) & np.uint64(1)) << np.int32(b)
+                for t in range(u64):
+                    val[base + t] += np.int32((w >> t) & np.uint64(1)) << np.int32(b)
         cj = c[j]
         for n in range(N):
             for h in range(Ho):
-                q0 = (n * Hp + h) * Wp
-                for w in range(Wo):
-                    out[n, j, h, w] = 2 * (val[q0 + w] + cj) - n_taps
+                q0 = np.uint64((n * Hp + h) * Wp)
+                dst = out[n, j, h]
+                for w in range(wu):
+                    dst[w] = 2 * (val[q0 + w] + cj) - n_taps
 
 
 def unpack_sums(sched: SlicedLayer, VS: np.ndarray, geometry: PlaneGeometry) -> np.ndarray:
