@@ -10,6 +10,8 @@ than the traced one. The packed XNOR kernel's row tiling is exercised with tiny 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +22,7 @@ from hypothesis import strategies as st
 import mstc
 from mstc.engine import Runtime, run
 from mstc.engine import packed as packed_mod
-from mstc.engine.epilogue import epilogue
+from mstc.engine.epilogue import affine_form, epilogue
 from mstc.models import create_model
 
 
@@ -90,6 +92,35 @@ def test_epilogue_pool_matches_torch(batch, cout, hw, n, seed):
         np.testing.assert_array_equal(_bits(got), _bits(expect))
 
 
+@pytest.mark.parametrize("with_scale", [False, True])
+def test_affine_form_only_if_exact(with_scale):
+    """A closed form is returned only if the kernel reproduces the torch table on every sum
+    (checked here independently against torch), and never for a table it does not match."""
+    rng = np.random.default_rng(11)
+    C, n = 24, 75
+    mean = (rng.standard_normal(C) * 20).astype(np.float32)
+    var = (rng.random(C) * 9 + 0.01).astype(np.float32)
+    w = rng.standard_normal(C).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    scale = (rng.random(C) + 0.5).astype(np.float32) if with_scale else None
+    y = torch.from_numpy((2 * np.arange(n + 1) - n).astype(np.float32)).expand(1, C, 1, n + 1)
+    if scale is not None:
+        y = y * torch.from_numpy(scale).view(1, -1, 1, 1)
+    t = torch.from_numpy
+    table = F.batch_norm(y.contiguous(), t(mean), t(var), t(w), t(b), False, 0.0, 1e-5)
+    table = table.numpy().reshape(C, n + 1)
+    kw = dict(scale=scale, bias=None, mean=mean, var=var, weight=w, bn_bias=b, eps=1e-5)
+    form = affine_form(table, n, **kw)
+    if form is not None:  # torch's BN has a closed form on this build: it must be exact
+        sums = (2 * rng.integers(0, n + 1, (3, C, 7)) - n).astype(np.int32)
+        got = epilogue(sums, table, n, affine=form)
+        want = epilogue(sums, table, n)
+        np.testing.assert_array_equal(_bits(got), _bits(want))
+    bad = table.copy()
+    bad[3, 5] = np.nextafter(bad[3, 5], np.float32(np.inf))
+    assert affine_form(bad, n, **kw) is None
+
+
 def test_epilogue_bad_shapes():
     sums = np.zeros((2, 3, 4), np.int32)
     with pytest.raises(ValueError, match="table"):
@@ -123,13 +154,17 @@ def _randomise_float_parts(model: torch.nn.Module, seed: int) -> None:
     ],
 )
 @pytest.mark.parametrize("backend", ["packed", "mst"])
-def test_models_with_epilogues(name, kw, shape, backend):
+@pytest.mark.parametrize("form", ["as planned", "table only"])
+def test_models_with_epilogues(name, kw, shape, backend, form):
     torch.manual_seed(0)
     model = create_model(name, **kw).eval()
     _randomise_float_parts(model, 1)
     cm = mstc.compress(model, input_shape=shape[1:])
     rt = Runtime(cm, backend, threads=1)
     assert rt.epilogues, "no epilogue planned"
+    if form == "table only":  # the lookup path, also where no closed form was verified
+        rt.epilogues = {k: dataclasses.replace(e, affine=None) for k, e in rt.epilogues.items()}
+        rt._epilogue_at = {e.at: (k, e) for k, e in rt.epilogues.items() if e.at != k}
     if name.startswith("resnet"):  # Bi-Real: every binary conv's BN feeds an add, then PReLU
         assert all(e.shortcut is not None and e.alpha is not None for e in rt.epilogues.values())
     else:  # vgg: BN, then a 2x2 max pool after some layers

@@ -5,68 +5,104 @@ block it then adds the real-valued shortcut and applies PReLU (``mstc.models.blo
 torch ops that is five passes over the activation (int -> float, scale, BN, add, PReLU). Here it is
 one:
 
-    out[b, c, p] = prelu_c(table[c, (y[b, c, p] + n) / 2] + shortcut[b, c, p])
+    out[b, c, p] = prelu_c(f_c(y[b, c, p]) + shortcut[b, c, p])
 
-In vgg-style networks the BatchNorm is followed by a 2x2 max pool instead, taken in the same
-pass (torch's CPU rule: the first maximum in window order, NaN wins).
+where f_c is scale -> bias -> BatchNorm of channel c as the runtime's torch calls compute it. In
+vgg-style networks the BatchNorm is followed by a 2x2 max pool instead, taken in the same pass
+(torch's CPU rule: the first maximum in window order, NaN wins).
 
-The first part depends only on the integer sum y = 2u - n (u = 0..n agreeing taps) and the channel,
-so it is tabulated by evaluating the runtime's own torch calls on all n + 1 reachable sums, exactly
-like :mod:`mstc.engine.fold` (exact by construction; the runtime also checks the table against a
-direct evaluation on an activation-shaped tensor before it uses it). The rest is one IEEE float32
-add and PReLU's ``v if v > 0 else a * v``, the formulas of torch's CPU kernels, so the pass is
-bit-identical to the unfused ops (``tests/test_epilogue.py`` compares every value).
+f_c depends only on the integer sum y = 2u - n (u = 0..n agreeing taps), so the runtime tabulates it
+by evaluating its own torch calls on all n + 1 reachable sums (``table``, exact by construction, as
+:mod:`mstc.engine.fold`). A table lookup is a gather, though, 3-4x slower than arithmetic, so
+:func:`affine_form` also tries the closed forms torch's CPU kernel may use,
+
+    f_c(y) = fma(y * s_c + l_c, alpha_c, beta_c)   or   (y * s_c + l_c) * alpha_c + beta_c,
+    alpha_c = weight_c / sqrt(var_c + eps) (as invstd * weight), beta_c = bias_c - mean_c * alpha_c,
+
+and keeps one only if *this kernel* reproduces the table bit for bit on every reachable sum of every
+channel; otherwise the lookup is used. Either way the pass equals the unfused torch ops exactly
+(``tests/test_epilogue.py`` compares every value). The rest is one IEEE float32 add and PReLU's
+``v if v > 0 else a * v``, the formulas of torch's CPU kernels.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+#: mode bits of the kernels
+ADD, PRELU, AFFINE, FMA = 1, 2, 4, 8
 
 
-@njit(cache=True)
-def _rows(y, table, n, shortcut, alpha, mode, r0, r1, out):  # pragma: no cover - numba
-    """Rows r = b*C + c in [r0, r1) of (N*C, P) views. mode bit 0: add shortcut, bit 1: PReLU."""
-    C = table.shape[0]
-    P = np.uint64(y.shape[1])  # unsigned loop index: no wrap-around checks, the loops vectorise
-    add = (mode & 1) != 0
-    prelu = (mode & 2) != 0
-    for r in range(r0, r1):
-        c = r % C
-        row = table[c]
-        a = alpha[c]
-        yr = y[r]
-        orow = out[r]
-        if add:
-            sr = shortcut[r]
-            if prelu:
-                for p in range(P):
-                    v = row[(yr[p] + n) >> 1] + sr[p]
-                    orow[p] = v if v > 0 else a * v
-            else:
-                for p in range(P):
-                    orow[p] = row[(yr[p] + n) >> 1] + sr[p]
-        elif prelu:
+@intrinsic
+def fma32(typingctx, a, b, c):
+    """Fused multiply-add of float32 values, one rounding (llvm.fma.f32)."""
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        f = ir.FloatType()
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(f, [f, f, f]), "llvm.fma.f32"
+        )
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def _f_row(yr, row, n, s, l, ka, kb, mode, P, dst):  # pragma: no cover - numba
+    """dst[p] = f_c(yr[p]) for p < P: the table entry, or the verified affine form (one loop
+    per form, so each vectorises)."""
+    if mode & AFFINE:
+        if mode & FMA:
             for p in range(P):
-                v = row[(yr[p] + n) >> 1]
-                orow[p] = v if v > 0 else a * v
+                dst[p] = fma32(np.float32(yr[p]) * s + l, ka, kb)
         else:
             for p in range(P):
-                orow[p] = row[(yr[p] + n) >> 1]
+                dst[p] = (np.float32(yr[p]) * s + l) * ka + kb
+    else:
+        for p in range(P):
+            dst[p] = row[np.uint64((yr[p] + n) >> 1)]
 
 
 @njit(cache=True)
-def _rows_pool(y, table, n, H, W, r0, r1, out):  # pragma: no cover - numba
-    """Rows r = b*C + c in [r0, r1): out[r, i, k] = max_pool 2x2 of table[c, (y + n) / 2] with
-    torch's CPU rule (scan in window order, keep the first maximum, NaN wins)."""
+def _rows(y, table, coef, n, shortcut, alpha, mode, r0, r1, out):  # pragma: no cover - numba
+    """Rows r = b*C + c in [r0, r1) of (N*C, P) views: f, then + shortcut, then PReLU, each a
+    loop over the row (in L1)."""
+    C = table.shape[0]
+    P = np.uint64(y.shape[1])  # unsigned loop index: no wrap-around checks, the loops vectorise
+    for r in range(r0, r1):
+        c = r % C
+        orow = out[r]
+        _f_row(y[r], table[c], n, coef[0, c], coef[1, c], coef[2, c], coef[3, c], mode, P, orow)
+        if mode & ADD:
+            sr = shortcut[r]
+            for p in range(P):
+                orow[p] = orow[p] + sr[p]
+        if mode & PRELU:
+            a = alpha[c]
+            for p in range(P):
+                v = orow[p]
+                orow[p] = v if v > 0 else a * v
+
+
+@njit(cache=True)
+def _rows_pool(y, table, coef, n, H, W, mode, r0, r1, out):  # pragma: no cover - numba
+    """Rows r = b*C + c in [r0, r1): out[r, i, k] = max_pool 2x2 of f_c(y) with torch's CPU rule
+    (scan in window order, keep the first maximum, NaN wins)."""
     C = table.shape[0]
     Ho = H // 2
     Wo = np.uint64(W // 2)
     Wu = np.uint64(W)
     two = np.uint64(2)
+    v = np.empty(H * W, np.float32)
     for r in range(r0, r1):
-        row = table[r % C]
-        yr = y[r]
+        c = r % C
+        s, l, ka, kb = coef[0, c], coef[1, c], coef[2, c], coef[3, c]
+        _f_row(y[r], table[c], n, s, l, ka, kb, mode, np.uint64(H * W), v)
         orow = out[r]
         for i in range(Ho):
             top = np.uint64(2 * i) * Wu
@@ -74,26 +110,34 @@ def _rows_pool(y, table, n, H, W, r0, r1, out):  # pragma: no cover - numba
                 m = -np.inf
                 for dy in range(two):
                     for dx in range(two):
-                        v = row[(yr[top + dy * Wu + two * k + dx] + n) >> 1]
-                        if v > m or np.isnan(v):
-                            m = v
+                        x = v[top + dy * Wu + two * k + dx]
+                        if x > m or np.isnan(x):
+                            m = x
                 orow[np.uint64(i) * Wo + k] = m
 
 
 @njit(parallel=True, cache=True)
-def _pool_par(y, table, n, H, W, nchunks, out):  # pragma: no cover - numba
+def _rows_par(y, table, coef, n, shortcut, alpha, mode, nchunks, out):  # pragma: no cover
     rows = y.shape[0]
     for ch in prange(nchunks):
         r0 = ch * rows // nchunks
-        _rows_pool(y, table, n, H, W, r0, (ch + 1) * rows // nchunks, out)
+        _rows(y, table, coef, n, shortcut, alpha, mode, r0, (ch + 1) * rows // nchunks, out)
 
 
 @njit(parallel=True, cache=True)
-def _rows_par(y, table, n, shortcut, alpha, mode, nchunks, out):  # pragma: no cover - numba
+def _pool_par(y, table, coef, n, H, W, mode, nchunks, out):  # pragma: no cover - numba
     rows = y.shape[0]
     for ch in prange(nchunks):
         r0 = ch * rows // nchunks
-        _rows(y, table, n, shortcut, alpha, mode, r0, (ch + 1) * rows // nchunks, out)
+        _rows_pool(y, table, coef, n, H, W, mode, r0, (ch + 1) * rows // nchunks, out)
+
+
+@njit(cache=True)
+def _fma_array(a, b, c):  # pragma: no cover - numba
+    out = np.empty_like(a)
+    for i in range(a.shape[0]):
+        out[i] = fma32(a[i], b[i], c[i])
+    return out
 
 
 def epilogue(
@@ -105,42 +149,86 @@ def epilogue(
     nthreads: int = 1,
     *,
     pool: bool = False,
+    affine: tuple[np.ndarray, bool] | None = None,
 ) -> np.ndarray:
-    """float32 ``prelu(table[c, (sums + n) // 2] + shortcut)`` with the shape of ``sums``, or with
-    ``pool`` (no shortcut, no PReLU) ``max_pool2d(table[c, (sums + n) // 2], 2)``.
+    """float32 ``prelu(f(sums) + shortcut)`` with the shape of ``sums``, or with ``pool`` (no
+    shortcut, no PReLU) ``max_pool2d(f(sums), 2)``; f = ``table[c, (sums + n) // 2]``.
 
     ``sums``: int32 (N, C, ...) integer sums of a layer with n taps; ``table``: float32 (C, n+1);
     ``shortcut``: float32 of the same shape as ``sums`` or None; ``alpha``: PReLU weights (C,)
-    or None (no PReLU)."""
+    or None (no PReLU); ``affine``: (coefficients (4, C), fma) from :func:`affine_form`, which
+    computes f without the lookup (and equals the table on every sum)."""
     N, C = sums.shape[0], sums.shape[1]
     if table.shape != (C, n + 1):
         raise ValueError(f"table shape {table.shape} != ({C}, {n + 1})")
     y = np.ascontiguousarray(sums, dtype=np.int32).reshape(N * C, -1)
     t = np.ascontiguousarray(table, dtype=np.float32)
+    mode = 0
+    coef = np.zeros((4, C), np.float32)
+    if affine is not None:
+        coef = np.ascontiguousarray(affine[0], dtype=np.float32)
+        if coef.shape != (4, C):
+            raise ValueError(f"affine coefficients of shape {coef.shape} != (4, {C})")
+        mode |= AFFINE | (FMA if affine[1] else 0)
     if pool:
         if sums.ndim != 4 or shortcut is not None or alpha is not None:
             raise ValueError("pool: sums must be (N, C, H, W), without shortcut or PReLU")
         H, W = sums.shape[2], sums.shape[3]
         out = np.empty((N * C, (H // 2) * (W // 2)), np.float32)
         if nthreads > 1 and N * C > 1:
-            _pool_par(y, t, n, H, W, min(N * C, 4 * nthreads), out)
+            _pool_par(y, t, coef, n, H, W, mode, min(N * C, 4 * nthreads), out)
         elif out.size:
-            _rows_pool(y, t, n, H, W, 0, N * C, out)
+            _rows_pool(y, t, coef, n, H, W, mode, 0, N * C, out)
         return out.reshape(N, C, H // 2, W // 2)
-    mode = 0
     s = np.zeros((1, 1), np.float32)
     if shortcut is not None:
         if shortcut.shape != sums.shape:
             raise ValueError(f"shortcut shape {shortcut.shape} != sums shape {sums.shape}")
         s = np.ascontiguousarray(shortcut, dtype=np.float32).reshape(N * C, -1)
-        mode |= 1
+        mode |= ADD
     a = np.zeros(C, np.float32)
     if alpha is not None:
         a = np.ascontiguousarray(np.broadcast_to(np.asarray(alpha, np.float32).reshape(-1), (C,)))
-        mode |= 2
+        mode |= PRELU
     out = np.empty(y.shape, np.float32)
     if nthreads > 1 and N * C > 1:
-        _rows_par(y, t, n, s, a, mode, min(N * C, 4 * nthreads), out)
+        _rows_par(y, t, coef, n, s, a, mode, min(N * C, 4 * nthreads), out)
     elif out.size:
-        _rows(y, t, n, s, a, mode, 0, N * C, out)
+        _rows(y, t, coef, n, s, a, mode, 0, N * C, out)
     return out.reshape(sums.shape)
+
+
+def affine_form(
+    table: np.ndarray,
+    n: int,
+    *,
+    scale: np.ndarray | None,
+    bias: np.ndarray | None,
+    mean: np.ndarray,
+    var: np.ndarray,
+    weight: np.ndarray | None,
+    bn_bias: np.ndarray | None,
+    eps: float,
+) -> tuple[np.ndarray, bool] | None:
+    """Coefficients (4, C) = (s, l, alpha, beta) and the fma flag of a closed form of f that this
+    module's kernel evaluates bit-identically to ``table`` at every reachable sum, or None.
+
+    ``scale``/``bias``: the binary layer's (or None); the rest: the BatchNorm's running statistics
+    and affine parameters (None = 1 / 0) and eps."""
+    C = table.shape[0]
+    f32 = np.float32
+    one = np.ones(C, f32)
+    s = one if scale is None else np.asarray(scale, f32).reshape(C)
+    l_ = np.zeros(C, f32) if bias is None else np.asarray(bias, f32).reshape(C)
+    w = one if weight is None else np.asarray(weight, f32).reshape(C)
+    b = np.zeros(C, f32) if bn_bias is None else np.asarray(bn_bias, f32).reshape(C)
+    mean = np.asarray(mean, f32).reshape(C)
+    invstd = f32(1) / np.sqrt(np.asarray(var, f32).reshape(C) + f32(eps))
+    ka = (invstd * w).astype(f32)
+    sums = (2 * np.arange(n + 1, dtype=np.int32) - n)[None, None, :].repeat(C, axis=1)
+    for fma, kb in ((True, _fma_array(-mean, ka, b)), (False, (b - mean * ka).astype(f32))):
+        coef = np.stack([s, l_, ka, kb]).astype(f32)
+        got = epilogue(sums, table, n, affine=(coef, fma))[0]
+        if np.array_equal(got.view(np.uint32), np.asarray(table, f32).view(np.uint32)):
+            return coef, fma
+    return None

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from mstc.engine.backend import fastest, get_backend
-from mstc.engine.epilogue import epilogue
+from mstc.engine.epilogue import affine_form, epilogue
 from mstc.engine.fold import threshold_rule
 from mstc.format import BinaryLayerCode, CompressedModel, Node
 
@@ -58,6 +58,7 @@ class Epilogue:
     shortcut: str | None  # the add's other input
     alpha: np.ndarray | None  # PReLU weights
     pool: bool = False  # a 2x2 max pool after the BatchNorm (then no add, no PReLU)
+    affine: tuple[np.ndarray, bool] | None = None  # the table's verified closed form, if any
 
 
 def _is_pool2(a: dict) -> bool:
@@ -161,10 +162,11 @@ class Runtime:
             table = self._table(layer, bn)
             if table is None:
                 continue
+            affine = self._affine(layer, bn, table)
             mp = only_user(bn.name, "max_pool2d")
             if mp is not None and node.op == "binary_conv2d" and _is_pool2(mp.attrs):
                 out[node.name] = Epilogue((bn.name, mp.name), node.name, mp.name, table, None,
-                                          None, pool=True)  # fmt: skip
+                                          None, pool=True, affine=affine)  # fmt: skip
                 continue
             skip, at, last, shortcut, alpha = [bn.name], node.name, bn.name, None, None
             add = only_user(bn.name, "add")
@@ -177,8 +179,29 @@ class Runtime:
                 skip.append(act.name)
                 alpha = w.numpy().astype(np.float32)
                 last = act.name
-            out[node.name] = Epilogue(tuple(skip), at, last, table, shortcut, alpha)
+            out[node.name] = Epilogue(tuple(skip), at, last, table, shortcut, alpha, affine=affine)
         return out
+
+    def _affine(self, layer: BinaryLayerCode, bn: Node, table: np.ndarray):
+        """The table's closed form (:func:`mstc.engine.epilogue.affine_form`), or None."""
+
+        def p(name):
+            t = self._p(bn, name)
+            return None if t is None else t.numpy()
+
+        if p("running_mean") is None or p("running_var") is None:
+            return None
+        return affine_form(
+            table,
+            layer.n,
+            scale=layer.scale,
+            bias=layer.bias,
+            mean=p("running_mean"),
+            var=p("running_var"),
+            weight=p("weight"),
+            bn_bias=p("bias"),
+            eps=float(bn.attrs["eps"]),
+        )
 
     def _table(self, layer: BinaryLayerCode, bn: Node) -> np.ndarray | None:
         """table[c, u] = BN(finish(2u - n)) through the same torch calls as :meth:`run`, or None
@@ -299,7 +322,8 @@ class Runtime:
         n = e.table.shape[1] - 1
         t = self.backend.threads
         nthreads = t if t else 1
-        return torch.from_numpy(epilogue(s, e.table, n, shortcut, e.alpha, nthreads, pool=e.pool))
+        out = epilogue(s, e.table, n, shortcut, e.alpha, nthreads, pool=e.pool, affine=e.affine)
+        return torch.from_numpy(out)
 
     def _binary_sums(self, node: Node, xin) -> np.ndarray:
         """int32 sums of a binary layer from the backend."""
