@@ -221,6 +221,10 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out):  # pr
     KW = wT.shape[0]
     Cout = wT.shape[1]
     CW = xp.shape[3]
+    Hp = xp.shape[1]
+    Wp = xp.shape[2]
+    xf = xp.reshape(-1)  # flat, unsigned indices: the gather loops vectorise
+    step = np.uint64(sw * CW)
     C = n // (kh * kw)
     G = out.shape[0] * Ho
     tile = np.empty((KW, R * Wo), np.uint64)
@@ -241,31 +245,44 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out):  # pr
                     t = o >> 6
                     s = np.uint64(o & 63)
                     spill = s > 0 and t + 1 < KW
+                    cs = np.uint64(64) - s
+                    dst = tile[t]
+                    nxt = tile[t + 1] if spill else tile[t]
                     for r in range(nr):
                         b = (g0 + r) // Ho
                         hh = (g0 + r - b * Ho) * sh + ky * dh
                         q = np.uint64(r * Wo)
-                        x0 = np.uint64(kx * dw)
-                        swu = np.uint64(sw)
-                        for wo in range(Wu):
-                            word = xp[b, hh, x0 + wo * swu, cw]
-                            tile[t, q + wo] |= word << s
-                            if spill:
-                                tile[t + 1, q + wo] |= word >> (np.uint64(64) - s)
-        if KW == 4:  # short patches: the sum of 4 words straight into out, no accumulator
-            for r in range(nr):
-                b = (g0 + r) // Ho
-                obase = np.uint64((g0 + r - b * Ho) * Wo)
-                q = np.uint64(r * Wo)
+                        base = np.uint64(((b * Hp + hh) * Wp + kx * dw) * CW + cw)
+                        if spill:
+                            for wo in range(Wu):
+                                word = xf[base + wo * step]
+                                dst[q + wo] |= word << s
+                                nxt[q + wo] |= word >> cs
+                        else:
+                            for wo in range(Wu):
+                                dst[q + wo] |= xf[base + wo * step] << s
+        # output runs: rows of one image are contiguous in both the tile and out[b, j]
+        r = 0
+        while r < nr:
+            b = (g0 + r) // Ho
+            ho = g0 + r - b * Ho
+            seg = min(nr - r, Ho - ho)
+            q = np.uint64(r * Wo)
+            obase = np.uint64(ho * Wo)
+            L = np.uint64(seg * Wo)
+            if KW == 4:  # short patches: the sum of 4 words straight into out, no accumulator
                 for j in range(Cout):
                     w0 = wT[0, j]
                     w1 = wT[1, j]
                     w2 = wT[2, j]
                     w3 = wT[3, j]
-                    for wo in range(Wu):
-                        m = popc(tile[0, q + wo] ^ w0) + popc(tile[1, q + wo] ^ w1)
-                        m += popc(tile[2, q + wo] ^ w2) + popc(tile[3, q + wo] ^ w3)
-                        out[b, j, obase + wo] = n - 2 * np.int64(m)
+                    dst = out[b, j]
+                    for p in range(L):
+                        m = popc(tile[0, q + p] ^ w0) + popc(tile[1, q + p] ^ w1)
+                        m += popc(tile[2, q + p] ^ w2) + popc(tile[3, q + p] ^ w3)
+                        dst[obase + p] = n - 2 * np.int64(m)
+            r += seg
+        if KW == 4:
             continue
         for j0 in range(0, Cout, 4):
             nj = min(4, Cout - j0)
@@ -280,14 +297,19 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out):  # pr
                         wq = wT[t, j0 + q]
                         for p in range(P):
                             acc[q, p] += popc(tile[t, p] ^ wq)
-            for r in range(nr):
+            r = 0
+            while r < nr:
                 b = (g0 + r) // Ho
-                obase = np.uint64((g0 + r - b * Ho) * Wo)
+                ho = g0 + r - b * Ho
+                seg = min(nr - r, Ho - ho)
                 q0 = np.uint64(r * Wo)
+                obase = np.uint64(ho * Wo)
+                L = np.uint64(seg * Wo)
                 for q in range(nj):
-                    dst = j0 + q
-                    for wo in range(Wu):
-                        out[b, dst, obase + wo] = n - 2 * np.int64(acc[q, q0 + wo])
+                    dst = out[b, j0 + q]
+                    for p in range(L):
+                        dst[obase + p] = n - 2 * np.int64(acc[q, q0 + p])
+                r += seg
 
 
 @njit(parallel=True, cache=True)
