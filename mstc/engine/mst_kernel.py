@@ -3,8 +3,9 @@
 Per binary layer (method.md section 2, engine-notes.md layout 3), over a tile of output positions:
 
 1. "dense" channels -- the roots of the forest, plus any child whose difference list is longer than
-   ``dense_threshold * n`` (where a delta costs more than XNOR-popcount) -- are computed by
-   XNOR-popcount on the bit-packed input: ``y_j = n - 2 * sum_t popcount(A_t XOR W_jt)``;
+   ``dense_threshold * n`` (where a delta costs more than XNOR-popcount) -- are computed for the
+   whole layer by the tiled XNOR-popcount kernel of :mod:`mstc.engine.packed`,
+   ``y_j = n - 2 * sum_t popcount(A_t XOR W_jt)``, and copied into each tile;
 2. the input is kept as int8 planes of 2a and -2a (a = sign(x), padding -1), batch stacked along
    the height; for stride 1 the tap (ci, ky, kx) of a run of positions is a shifted run of the
    plane (positions in the padding columns/rows are computed and dropped), otherwise an int8
@@ -34,9 +35,7 @@ from mstc.engine.packed import (
     _set_threads,
     check_input,
     conv_geometry,
-    gather_patch,
     linear_as_conv,
-    mismatches4,
     packed_input,
     packed_weights,
     xnor_conv,
@@ -112,26 +111,9 @@ def signed_planes(x: np.ndarray, padding: tuple[int, int], tail: int, nthreads: 
 
 
 @njit(cache=True)
-def _dense_row(xp, wTd, dense_idx, n, kh, kw, sh, sw, dh, dw, b, ho, Wo, O, obase, patch, acc):
-    """XNOR-popcount of the dense channels at the positions (b, ho, 0..Wo-1), into
-    O[dense_idx[d], obase + wo]; 4 positions per pass."""  # pragma: no cover - numba
-    KW = wTd.shape[0]
-    nD = wTd.shape[1]
-    C = n // (kh * kw)
-    for blk in range((Wo + 3) // 4):
-        w0 = blk * 4
-        for q in range(4):
-            gather_patch(xp, C, kh, kw, sh, sw, dh, dw, b, ho, min(w0 + q, Wo - 1), patch, q)
-        mismatches4(patch, wTd, KW, np.uint64(nD), acc)
-        for q in range(min(4, Wo - w0)):
-            for d in range(nD):
-                O[dense_idx[d], obase + w0 + q] = n - 2 * np.int64(acc[q, d])
-
-
-@njit(cache=True)
 def _tile(
-    S, xp, wTd, dense_idx, ch_j, ch_p, ch_neg, ch_ptr, d_ci, d_ky, d_kx, d_pos, n, geom, Hp,
-    Wp, Ho, Wo, direct, tile, rows_per_tile, X, O, patch, acc, out,
+    S, D, dense_idx, ch_j, ch_p, ch_neg, ch_ptr, d_ci, d_ky, d_kx, d_pos, n, geom, Hp,
+    Wp, Ho, Wo, direct, tile, rows_per_tile, X, O, out,
 ):  # fmt: skip  # pragma: no cover - numba
     """One tile of output rows.
 
@@ -154,7 +136,10 @@ def _tile(
     v0 = tile * rows_per_tile
     nrows = min(rows_per_tile, vtot - v0)
     Pt = nrows * width
-    # 1. dense channels
+    # 1. dense channels: their XNOR-popcount sums D[b, d, ho*Wo + wo] (computed for the whole
+    #    layer by the tiled XNOR kernel) copied into the tile
+    nD = dense_idx.shape[0]
+    Wu = np.uint64(Wo)
     for r in range(nrows):
         v = v0 + r
         if direct:
@@ -165,8 +150,13 @@ def _tile(
         else:
             b = v // Ho
             ho = v - b * Ho
-        _dense_row(xp, wTd, dense_idx, n, kh, kw, sh, sw, dh, dw, b, ho, Wo, O, r * width, patch,
-                   acc)  # fmt: skip
+        so = np.uint64(ho * Wo)
+        do = np.uint64(r * width)
+        for d in range(nD):
+            od = O[dense_idx[d]]
+            dd = D[b, d]
+            for wo in range(Wu):
+                od[do + wo] = dd[so + wo]
     # 2. int8 im2col (strided layers only)
     if not direct:
         for r in range(nrows):
@@ -201,10 +191,10 @@ def _tile(
         oj = O[ch_j[c]]
         op = O[ch_p[c]]
         if ch_neg[c]:
-            for q in range(Pt):
+            for q in range(Ptu):
                 oj[q] = -op[q]
         else:
-            for q in range(Pt):
+            for q in range(Ptu):
                 oj[q] = op[q]
         t0 = ch_ptr[c]
         cnt = ch_ptr[c + 1] - t0
@@ -266,29 +256,27 @@ def _tile(
 
 @njit(cache=True)
 def _tiles(
-    S, xp, wTd, dense_idx, ch_j, ch_p, ch_neg, ch_ptr, d_ci, d_ky, d_kx, d_pos, n, geom, Hp,
+    S, D, dense_idx, ch_j, ch_p, ch_neg, ch_ptr, d_ci, d_ky, d_kx, d_pos, n, geom, Hp,
     Wp, Ho, Wo, direct, rows_per_tile, t0, t1, X, O, out,
 ):  # fmt: skip  # pragma: no cover - numba
     """Tiles [t0, t1) with one worker's scratch X (im2col, unused when direct) and O (sums)."""
-    patch = np.empty((4, wTd.shape[0]), np.uint64)
-    acc = np.empty((4, wTd.shape[1]), np.uint64)
     for t in range(t1 - t0):
         _tile(
-            S, xp, wTd, dense_idx, ch_j, ch_p, ch_neg, ch_ptr, d_ci, d_ky, d_kx, d_pos, n, geom,
-            Hp, Wp, Ho, Wo, direct, t0 + t, rows_per_tile, X, O, patch, acc, out,
+            S, D, dense_idx, ch_j, ch_p, ch_neg, ch_ptr, d_ci, d_ky, d_kx, d_pos, n, geom,
+            Hp, Wp, Ho, Wo, direct, t0 + t, rows_per_tile, X, O, out,
         )  # fmt: skip
 
 
 @njit(parallel=True, cache=True)
 def _tiles_par(
-    S, xp, wTd, dense_idx, ch_j, ch_p, ch_neg, ch_ptr, d_ci, d_ky, d_kx, d_pos, n, geom, Hp,
+    S, D, dense_idx, ch_j, ch_p, ch_neg, ch_ptr, d_ci, d_ky, d_kx, d_pos, n, geom, Hp,
     Wp, Ho, Wo, direct, rows_per_tile, ntiles, Xs, Os, out,
 ):  # fmt: skip  # pragma: no cover - numba
     """All tiles split over the workers; worker c uses the scratch Xs[c], Os[c]."""
     nchunks = Os.shape[0]
     for ch in prange(nchunks):
         _tiles(
-            S, xp, wTd, dense_idx, ch_j, ch_p, ch_neg, ch_ptr, d_ci, d_ky, d_kx, d_pos, n, geom,
+            S, D, dense_idx, ch_j, ch_p, ch_neg, ch_ptr, d_ci, d_ky, d_kx, d_pos, n, geom,
             Hp, Wp, Ho, Wo, direct, rows_per_tile, ch * ntiles // nchunks,
             (ch + 1) * ntiles // nchunks, Xs[ch], Os[ch], out,
         )  # fmt: skip
@@ -453,8 +441,11 @@ class MSTBackend(Backend):
         nchunks = max(1, min(nthreads, ntiles))
         X = np.empty((nchunks, 2 * n if not direct else 1, rows * width), dtype=np.int8)
         O = np.empty((nchunks, cout, rows * width), dtype=sched.acc_dtype)
+        D = np.empty((N, len(sched.dense), Ho * Wo), dtype=np.int32)
+        if D.size:
+            xnor_conv(xp, sched.wTd, n, (kh, kw, sh, sw, dh, dw), Ho, Wo, D, nthreads)
         args = (
-            S, xp, sched.wTd, sched.dense, sched.ch_j, sched.ch_p, sched.ch_neg, sched.ch_ptr,
+            S, D, sched.dense, sched.ch_j, sched.ch_p, sched.ch_neg, sched.ch_ptr,
             sched.d_ci, sched.d_ky, sched.d_kx, sched.ch_pos, n, (kh, kw, sh, sw, dh, dw), Hp, Wp,
             Ho, Wo, direct, rows,
         )  # fmt: skip
