@@ -89,31 +89,40 @@ def _rows(y, table, coef, n, shortcut, alpha, mode, r0, r1, out):  # pragma: no 
                 orow[p] = v if v > 0 else a * v
 
 
+@njit(cache=True, inline="always")
+def _keep(m, x):  # pragma: no cover - numba
+    """torch's CPU max-pool step: x replaces the running maximum m if x > m or x is NaN."""
+    return x if (x > m) | (x != x) else m
+
+
 @njit(cache=True)
 def _rows_pool(y, table, coef, n, H, W, mode, r0, r1, out):  # pragma: no cover - numba
     """Rows r = b*C + c in [r0, r1): out[r, i, k] = max_pool 2x2 of f_c(y) with torch's CPU rule
-    (scan in window order, keep the first maximum, NaN wins)."""
+    (scan the window in order from -inf, keep the first maximum, the last NaN wins). The rule
+    composes pairwise -- (a, b) then (c, d), then the two results -- so it runs as a horizontal
+    pass over each row and a vertical one over row pairs, branch-free (vectorises)."""
     C = table.shape[0]
     Ho = H // 2
     Wo = np.uint64(W // 2)
     Wu = np.uint64(W)
     two = np.uint64(2)
     v = np.empty(H * W, np.float32)
+    hm = np.empty((2, W // 2), np.float32)
+    ninf = np.float32(-np.inf)
     for r in range(r0, r1):
         c = r % C
         s, l, ka, kb = coef[0, c], coef[1, c], coef[2, c], coef[3, c]
         _f_row(y[r], table[c], n, s, l, ka, kb, mode, np.uint64(H * W), v)
         orow = out[r]
         for i in range(Ho):
-            top = np.uint64(2 * i) * Wu
+            for dy in range(2):
+                top = np.uint64(2 * i + dy) * Wu
+                h = hm[dy]
+                for k in range(Wo):
+                    h[k] = _keep(_keep(ninf, v[top + two * k]), v[top + two * k + np.uint64(1)])
+            o = np.uint64(i) * Wo
             for k in range(Wo):
-                m = -np.inf
-                for dy in range(two):
-                    for dx in range(two):
-                        x = v[top + dy * Wu + two * k + dx]
-                        if x > m or np.isnan(x):
-                            m = x
-                orow[np.uint64(i) * Wo + k] = m
+                orow[o + k] = _keep(hm[0, k], hm[1, k])
 
 
 @njit(parallel=True, cache=True)
