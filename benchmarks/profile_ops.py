@@ -51,8 +51,8 @@ def main() -> None:
     x = np.random.default_rng(0).standard_normal((args.batch, *cm.input_shape)).astype(np.float32)
     for _ in range(2):
         rt.run(x)
-    if args.plan:
-        rt.plans[tuple(x.shape)] = args.plan
+    if args.plan:  # every fused link, or none
+        rt.plans[tuple(x.shape)] = frozenset(rt.fusions) if args.plan == "fused" else frozenset()
     spent: collections.Counter[str] = collections.Counter()
 
     def wrap(obj, attr, key=None):
@@ -85,7 +85,7 @@ def main() -> None:
         t0 = time.thread_time()
         rt.run(x)
         passes.append(time.thread_time() - t0)
-    plans = getattr(rt, "plans", None) or "n/a"
+    plans = {k: sorted(v) for k, v in getattr(rt, "plans", {}).items()} or "n/a"
     print(f"{args.model} batch {args.batch} backend {args.backend} plan {plans}")
     for name, t in spent.most_common():
         print(f"  {name:<30} {t / args.passes * 1e3:8.3f} ms")

@@ -161,6 +161,26 @@ def _engine_runner(cm, backend: str, threads: int, x, timer: _Timer):
     return rt, lambda: rt.run(x)
 
 
+def fused_layers(rt, active) -> set[str]:
+    """Layer names that produce or consume bit planes under the fused links ``active``."""
+    nodes = {n.name: n for n in rt.compressed.nodes}
+    out = set()
+    for k in active:
+        out.add(nodes[k].attrs["layer"])
+        out.add(rt.fusions[k].consumer.name)
+    return out
+
+
+def describe_plan(rt, active) -> str:
+    """ "fused" (every link), "unfused" (none) or the fused layers' names."""
+    if not rt.fusions or not active:
+        return "unfused"
+    if set(active) == set(rt.fusions):
+        return "fused"
+    nodes = {n.name: n for n in rt.compressed.nodes}
+    return "fused " + ", ".join(sorted(nodes[k].attrs["layer"] for k in active))
+
+
 def _chosen_kernel(chosen: dict, name: str, fused: bool = True) -> str:
     """The kernel a backend settled on for a layer: the bit-plane kernel ("sliced" or the integer
     one behind "int") where the layer was fused or fed planes (and the runtime runs the fused
@@ -207,12 +227,12 @@ def worker_main(config: dict[str, Any]) -> None:
         f()
     if backend != "torch":
         chosen = getattr(rt.backend, "kernels", {})
-        plan = rt.plans.get(tuple(x.shape), "fused" if rt.fusions else "unfused")
-        info["plan"] = plan
+        active = rt.plans.get(tuple(x.shape), frozenset(rt.fusions))
+        info["plan"] = describe_plan(rt, active)
+        in_planes = fused_layers(rt, active)
         for name in info["layers"]:
-            info["layers"][name][f"{backend}_kernel"] = _chosen_kernel(
-                chosen, name, plan == "fused"
-            )
+            kernel = _chosen_kernel(chosen, name, name in in_planes)
+            info["layers"][name][f"{backend}_kernel"] = kernel
     print(json.dumps({"ready": True, **info}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)

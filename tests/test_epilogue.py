@@ -196,8 +196,8 @@ def test_xnor_row_tiles(monkeypatch, tile_words):
 
 
 def test_plan_choice_fused_and_unfused():
-    """The autotuned "mst" runtime times the fused plan against the unfused one (epilogues on
-    every binary layer) at each new input shape; both are exact."""
+    """The autotuned "mst" runtime picks its fused links per input shape by timing; every plan --
+    all links, none (epilogues on every binary layer), mixed -- is exact."""
     from mstc.bench import cluster_weights
 
     torch.manual_seed(0)
@@ -210,13 +210,15 @@ def test_plan_choice_fused_and_unfused():
     rt = Runtime(cm, "mst", threads=1)
     assert rt.fusions and all(k in rt.epilogues for k in rt.fusions)
     rt.run(x)
-    assert rt.plans[x.shape] in ("fused", "unfused")
-    for plan in ("fused", "unfused"):
+    links = frozenset(rt.fusions)
+    assert rt.plans[x.shape] <= links
+    first = sorted(links)[0]
+    for plan in (links, frozenset(), frozenset({first}), links - {first}):
         rt.plans[x.shape] = plan
         for want_sums in (True, False):
             got = rt.run(x, return_sums=want_sums)
             logits = got[0] if want_sums else got
-            np.testing.assert_array_equal(_bits(logits), _bits(ref_logits), err_msg=plan)
+            np.testing.assert_array_equal(_bits(logits), _bits(ref_logits), err_msg=str(plan))
             if want_sums:
                 for k in ref:
                     np.testing.assert_array_equal(got[1][k], ref[k], err_msg=f"{plan} {k}")

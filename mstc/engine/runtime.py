@@ -87,23 +87,19 @@ class Runtime:
         self.fusions: dict[str, Fusion] = {}
         if getattr(self.backend, "fuses", False):
             self.fusions = self._plan_fusions()
-        self._skip = {name for f in self.fusions.values() for name in f.skip}
         #: binary node name -> Epilogue (empty unless the backend fuses epilogues)
         self.epilogues: dict[str, Epilogue] = {}
         if getattr(self.backend, "fuses_epilogue", False):
             self.epilogues = self._plan_epilogues()
-        #: input shape -> "fused" / "unfused": with a fully autotuned backend, the first pass at a
-        #: shape times the fused plan against the unfused one (both exact) and keeps the faster
-        self.plans: dict[tuple[int, ...], str] = {}
+        #: input shape -> the fused links in use (producer node names). With a fully autotuned
+        #: backend the first pass at a shape picks them by timing (every plan is exact): all links
+        #: against none, then each link toggled in turn, keeping a toggle that is faster.
+        self.plans: dict[tuple[int, ...], frozenset[str]] = {}
         self._tune_plans = bool(self.fusions) and bool(getattr(self.backend, "autotune", False))
         self._tune_plans &= getattr(self.backend, "plane_kernel", None) is None
         #: add node name -> (binary node name, Epilogue) for the epilogues that include an add
         self._epilogue_at = {e.at: (k, e) for k, e in self.epilogues.items() if e.at != k}
-        # nodes that produce no value of their own, with and without the fused chains
-        self._skip_unfused = {s for e in self.epilogues.values() for s in e.skip}
-        self._skip_fused = self._skip | {
-            s for k, e in self.epilogues.items() if k not in self.fusions for s in e.skip
-        }
+        self._skips: dict[frozenset[str], set[str]] = {}
 
     def _plan_fusions(self) -> dict[str, Fusion]:
         nodes = self.compressed.nodes
@@ -253,26 +249,48 @@ class Runtime:
             raise ValueError(f"input must have shape (N, {c}, H, W), got {tuple(x.shape)}")
         if torch.isnan(x).any():
             raise ValueError("input contains NaN")
-        fuse = bool(self.fusions) and tuple(x.shape[1:]) == tuple(self.compressed.input_shape)
-        if fuse and self._tune_plans:
-            key = tuple(x.shape)
-            if key not in self.plans:
-                self.plans[key] = fastest(
-                    {
-                        "fused": lambda: self._forward(x, True, return_sums),
-                        "unfused": lambda: self._forward(x, False, return_sums),
-                    },
-                    self.backend.threads or 1,
-                )
-            fuse = self.plans[key] == "fused"
-        return self._forward(x, fuse, return_sums)
+        active: frozenset[str] = frozenset()
+        if self.fusions and tuple(x.shape[1:]) == tuple(self.compressed.input_shape):
+            active = frozenset(self.fusions)
+            if self._tune_plans:
+                key = tuple(x.shape)
+                if key not in self.plans:
+                    self.plans[key] = self._tune_plan(x, return_sums)
+                active = self.plans[key]
+        return self._forward(x, active, return_sums)
 
-    def _forward(self, x: torch.Tensor, fuse: bool, return_sums: bool):
+    def _tune_plan(self, x: torch.Tensor, return_sums: bool) -> frozenset[str]:
+        """The fused links to use at this input shape, by timing whole passes."""
+        threads = self.backend.threads or 1
+
+        def faster(a: frozenset[str], b: frozenset[str]) -> frozenset[str]:
+            runs = {
+                "a": lambda: self._forward(x, a, return_sums),
+                "b": lambda: self._forward(x, b, return_sums),
+            }
+            return a if fastest(runs, threads) == "a" else b
+
+        best = faster(frozenset(self.fusions), frozenset())
+        for link in self.fusions:
+            best = faster(best, best ^ {link})
+        return best
+
+    def _skip_for(self, active: frozenset[str]) -> set[str]:
+        """Nodes that produce no value of their own under the fused links ``active``: the BN /
+        pool folded into an active link, the float ops of every other layer's epilogue."""
+        skip = self._skips.get(active)
+        if skip is None:
+            skip = {name for k in active for name in self.fusions[k].skip}
+            skip |= {n for k, e in self.epilogues.items() if k not in active for n in e.skip}
+            self._skips[active] = skip
+        return skip
+
+    def _forward(self, x: torch.Tensor, active: frozenset[str], return_sums: bool):
         values: dict[str, Any] = {}
         sums: dict[str, np.ndarray] = {}
         pending: dict[str, np.ndarray] = {}  # sums waiting for their epilogue's add
         out: torch.Tensor | None = None
-        skip = self._skip_fused if fuse else self._skip_unfused
+        skip = self._skip_for(active)
         with torch.no_grad():
             for i, node in enumerate(self.compressed.nodes):
                 if node.name in skip:
@@ -284,7 +302,7 @@ class Runtime:
                     self._free(node, i, values)
                     continue
                 args = [values[name] for name in node.inputs]
-                f = self.fusions.get(node.name) if fuse else None
+                f = self.fusions.get(node.name) if node.name in active else None
                 e = self.epilogues.get(node.name) if f is None else None
                 if f is not None:
                     layer = self.compressed.layers[node.attrs["layer"]]
