@@ -239,3 +239,28 @@ def test_trained_checkpoint_fused_exact():
         for k in ref_sums:
             np.testing.assert_array_equal(sums[k], ref_sums[k])
         np.testing.assert_array_equal(logits, ref_logits)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 130),
+    hw=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    pad=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    seed=st.integers(0, 2**16),
+)
+def test_planes_to_int_layouts(n, c, hw, pad, seed):
+    """Bit planes -> the channel-packed words and the +-2 int8 planes of the int kernels equal
+    packing the float input directly (64x64 bit transposes, channels beyond 64, padding, tails)."""
+    from mstc.engine.mst_kernel import signed_planes
+    from mstc.engine.packed import packed_input
+    from mstc.engine.sliced import PlaneGeometry, planes_to_packed, planes_to_signed
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, *hw)).astype(np.float32)
+    x[np.abs(x) < 0.2] = 0.0
+    hp, wp = hw[0] + 2 * pad[0], hw[1] + 2 * pad[1]
+    g = PlaneGeometry(n, c, hw[0], hw[1], pad[0], pad[1], (n * hp * wp + 63) // 64 + 2)
+    planes = pack_planes(x, g)
+    np.testing.assert_array_equal(planes_to_packed(planes), packed_input(x, pad))
+    np.testing.assert_array_equal(planes_to_signed(planes, 3), signed_planes(x, pad, 3))

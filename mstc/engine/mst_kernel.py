@@ -47,9 +47,10 @@ from mstc.engine.sliced import (
     output_hw,
     pack_planes,
     plane_geometry,
+    planes_to_packed,
+    planes_to_signed,
     run_layer,
     sliceable,
-    unpack_planes,
     unpack_sums,
 )
 from mstc.format import BinaryLayerCode
@@ -282,6 +283,33 @@ def _tiles_par(
         )  # fmt: skip
 
 
+class _Input:
+    """A binary layer's input in the layouts the int kernels read -- channel-packed words and
+    +-2 int8 planes -- made once, from floats (sign + pack) or from bit planes (a transpose)."""
+
+    def __init__(self, x, padding: tuple[int, int], nthreads: int) -> None:
+        if isinstance(x, BitPlanes) and (x.geometry.ph, x.geometry.pw) != tuple(padding):
+            raise ValueError(f"bit planes padded {x.geometry.ph, x.geometry.pw}, layer {padding}")
+        self.x = x
+        self.padding = tuple(padding)
+        self.nthreads = nthreads
+        self.shape = tuple(x.shape)
+        self._packed: np.ndarray | None = None
+
+    def packed(self) -> np.ndarray:
+        if self._packed is None:
+            if isinstance(self.x, BitPlanes):
+                self._packed = planes_to_packed(self.x)
+            else:
+                self._packed = packed_input(self.x, self.padding, self.nthreads)
+        return self._packed
+
+    def signed(self, tail: int) -> np.ndarray:
+        if isinstance(self.x, BitPlanes):
+            return planes_to_signed(self.x, tail)
+        return signed_planes(self.x, self.padding, tail, self.nthreads)
+
+
 class LayerSchedule:
     """Per-layer precomputed data of the "mst" backend.
 
@@ -380,7 +408,8 @@ class MSTBackend(Backend):
             w = self._w_full[layer.name] = packed_weights(layer.weight_bits(), cin, kh, kw)
         return w
 
-    def _conv(self, layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
+    def _conv(self, layer: BinaryLayerCode, x) -> np.ndarray:
+        """int32 sums by the int kernels; ``x`` float NCHW (checked) or bit planes."""
         nthreads = _set_threads(self.threads)
         sched = self.schedules[layer.name]
         N = x.shape[0]
@@ -389,44 +418,44 @@ class MSTBackend(Backend):
         out = np.empty((N, layer.cout, Ho * Wo), dtype=np.int32)
         if out.size == 0:
             return out.reshape(N, layer.cout, Ho, Wo)
+        inp = _Input(x, (ph, pw), nthreads)
         if len(sched.ch_j) == 0:  # every channel dense (e.g. random weights): plain XNOR
-            self._xnor(sched.wTd, layer, x, geom, out, nthreads)
+            self._xnor(sched.wTd, layer, inp, geom, out, nthreads)
             return out.reshape(N, layer.cout, Ho, Wo)
-        key = (layer.name, x.shape)
+        key = (layer.name, tuple(x.shape))
         kernel = self.kernels.get(key)
         if kernel is None:
             kernel = "delta"
             if self.autotune:
-                kernel = self._tune(layer, sched, x, geom, out, nthreads)
+                kernel = self._tune(layer, sched, inp, geom, out, nthreads)
             self.kernels[key] = kernel
         if kernel == "xnor":
-            self._xnor(self._full_weights(layer), layer, x, geom, out, nthreads)
+            self._xnor(self._full_weights(layer), layer, inp, geom, out, nthreads)
         else:
-            self._delta(layer, sched, x, geom, out, nthreads)
+            self._delta(layer, sched, inp, geom, out, nthreads)
         return out.reshape(N, layer.cout, Ho, Wo)
 
-    def _tune(self, layer, sched, x, geom, out, nthreads) -> str:
+    def _tune(self, layer, sched, inp, geom, out, nthreads) -> str:
         return fastest(
             {
-                "delta": lambda: self._delta(layer, sched, x, geom, out, nthreads),
+                "delta": lambda: self._delta(layer, sched, inp, geom, out, nthreads),
                 "xnor": lambda: self._xnor(
-                    self._full_weights(layer), layer, x, geom, out, nthreads
+                    self._full_weights(layer), layer, inp, geom, out, nthreads
                 ),
             },
             nthreads,
         )
 
-    def _xnor(self, wT, layer, x, geom, out, nthreads) -> None:
+    def _xnor(self, wT, layer, inp: _Input, geom, out, nthreads) -> None:
         kh, kw, sh, sw, dh, dw, ph, pw, Ho, Wo = geom
-        xp = packed_input(x, (ph, pw), nthreads)
-        xnor_conv(xp, wT, layer.n, (kh, kw, sh, sw, dh, dw), Ho, Wo, out, nthreads)
+        xnor_conv(inp.packed(), wT, layer.n, (kh, kw, sh, sw, dh, dw), Ho, Wo, out, nthreads)
 
-    def _delta(self, layer, sched, x, geom, out, nthreads) -> None:
+    def _delta(self, layer, sched, inp: _Input, geom, out, nthreads) -> None:
         kh, kw, sh, sw, dh, dw, ph, pw, Ho, Wo = geom
-        N, C, H, W = x.shape
+        N, C, H, W = inp.shape
         Hp, Wp = H + 2 * ph, W + 2 * pw
-        xp = packed_input(x, (ph, pw), nthreads)
-        S = signed_planes(x, (ph, pw), kw * dw, nthreads)
+        xp = inp.packed()
+        S = inp.signed(kw * dw)
         direct = sh == 1 and sw == 1
         cout, n = layer.cout, layer.n
         if direct:
@@ -472,12 +501,6 @@ class MSTBackend(Backend):
             return x
         x = check_input(layer, x)
         return pack_planes(x, plane_geometry(layer, x.shape[0], x.shape[2], x.shape[3]))
-
-    @staticmethod
-    def _as_float(x) -> np.ndarray:
-        if isinstance(x, BitPlanes):
-            return unpack_planes(x).astype(np.float32) * 2 - 1
-        return x
 
     def _choose(self, key, run_sliced, run_int) -> str:
         """The plane kernel for ``key``: fixed, or timed once (both are exact)."""
@@ -528,7 +551,7 @@ class MSTBackend(Backend):
         return out, (unpack_sums(st, VS, g) if want_sums else None)
 
     def _fused_int(self, layer, x, rule, pool, consumer, want_sums):
-        s = self._conv(layer, check_input(layer, self._as_float(x)))
+        s = self._conv(layer, x if isinstance(x, BitPlanes) else check_input(layer, x))
         u = (s.astype(np.int64) + layer.n) >> 1
         bits = apply_rule(rule, np.moveaxis(u, 1, -1))  # (N, Ho, Wo, C)
         bits = np.moveaxis(bits, -1, 1)
@@ -555,7 +578,7 @@ class MSTBackend(Backend):
                 return self._planes_sums(layer, x)
 
             def integer():
-                return self._conv(layer, check_input(layer, self._as_float(x)))
+                return self._conv(layer, x)
 
             return sliced() if self._choose(key, sliced, integer) == "sliced" else integer()
         return self._conv(layer, check_input(layer, x))

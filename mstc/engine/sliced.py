@@ -186,6 +186,78 @@ def unpack_planes(planes: BitPlanes) -> np.ndarray:
     return out
 
 
+@njit(cache=True, inline="always")
+def _transpose64(a):  # pragma: no cover - numba
+    """In place: bit j of a[i] <-> bit i of a[j] (64x64 bit matrix, LSB first), by swapping the
+    off-diagonal s x s blocks for s = 32, 16, ..., 1 (Hacker's Delight 7-3)."""
+    s = 32
+    m = np.uint64(0x00000000FFFFFFFF)
+    while s > 0:
+        su = np.uint64(s)
+        for k in range(64):
+            if k & s == 0:
+                t = ((a[k] >> su) ^ a[k + s]) & m
+                a[k] ^= t << su
+                a[k + s] ^= t
+        s >>= 1
+        m ^= m << np.uint64(s) if s > 0 else np.uint64(0)
+
+
+@njit(cache=True)
+def _planes_to_packed(bits, Q, out):  # pragma: no cover - numba
+    """out[q, cw] bit j = bits[64*cw + j] bit q for the grid positions q < Q (64x64 transposes)."""
+    C = bits.shape[0]
+    CW = out.shape[1]
+    blk = np.empty(64, np.uint64)
+    for a in range((Q + 63) // 64):
+        for cw in range(CW):
+            for j in range(64):
+                c = 64 * cw + j
+                blk[j] = bits[c, a] if c < C else np.uint64(0)
+            _transpose64(blk)
+            for t in range(min(64, Q - 64 * a)):
+                out[64 * a + t, cw] = blk[t]
+
+
+def planes_to_packed(planes: BitPlanes) -> np.ndarray:
+    """The channel-packed layout of :func:`mstc.engine.packed.packed_input`,
+    ``[N, Hp, Wp, ceil(C/64)]`` uint64 (padding bit 0), from bit planes over the same padded grid:
+    a bit transpose, no float round trip."""
+    g = planes.geometry
+    q = g.n * g.hp * g.wp
+    out = np.zeros((q, (g.c + 63) // 64), dtype=np.uint64)
+    if q and g.c:
+        _planes_to_packed(planes.bits, q, out)
+    return out.reshape(g.n, g.hp, g.wp, -1)
+
+
+@njit(cache=True)
+def _planes_to_signed(bits, Q, S):  # pragma: no cover - numba
+    C = bits.shape[0]
+    Qu = np.uint64(Q)
+    for c in range(C):
+        row = bits[c]
+        sp = S[c]
+        sn = S[C + c]
+        for q in range(Qu):
+            v = np.int8(4) * np.int8((row[q >> np.uint64(6)] >> (q & np.uint64(63))) & np.uint64(1))
+            sp[q] = v - np.int8(2)
+            sn[q] = np.int8(2) - v
+
+
+def planes_to_signed(planes: BitPlanes, tail: int) -> np.ndarray:
+    """The int8 +-2 planes of :func:`mstc.engine.mst_kernel.signed_planes` ``[2C, N*Hp*Wp +
+    tail]`` (row c: 2a, row C + c: -2a; padding and tail -2 / +2) from bit planes."""
+    g = planes.geometry
+    q = g.n * g.hp * g.wp
+    S = np.empty((2 * g.c, q + tail), dtype=np.int8)
+    S[: g.c, q:] = -2
+    S[g.c :, q:] = 2
+    if q and g.c:
+        _planes_to_signed(planes.bits, q, S)
+    return S
+
+
 # ------------------------------------------------------------------------------------ schedule
 
 
