@@ -264,3 +264,35 @@ def test_planes_to_int_layouts(n, c, hw, pad, seed):
     planes = pack_planes(x, g)
     np.testing.assert_array_equal(planes_to_packed(planes), packed_input(x, pad))
     np.testing.assert_array_equal(planes_to_signed(planes, 3), signed_planes(x, pad, 3))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 9),
+    hw=st.tuples(st.integers(1, 9), st.integers(1, 70)),
+    taps=st.integers(1, 40),
+    pool=st.booleans(),
+    pad=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    seed=st.integers(0, 2**16),
+)
+def test_rule_planes_matches_numpy(n, c, hw, taps, pool, pad, seed):
+    """Int sums -> folded rule -> (2x2 OR-pooled) planes equals apply_rule + pooling + packing."""
+    from mstc.engine.sliced import PlaneGeometry, rule_planes
+
+    assume(not pool or (hw[0] >= 2 and hw[1] >= 2))
+    rng = np.random.default_rng(seed)
+    u = rng.integers(0, taps + 1, (n, c, *hw))
+    sums = (2 * u - taps).astype(np.int32)
+    mode = rng.integers(0, 4, c).astype(np.int8)
+    t = rng.integers(0, taps + 1, c).astype(np.int64)
+    bits = np.moveaxis(apply_rule((mode, t), np.moveaxis(u, 1, -1)), -1, 1)
+    if pool:
+        h2, w2 = hw[0] // 2, hw[1] // 2
+        bits = bits[:, :, : 2 * h2, : 2 * w2].reshape(n, c, h2, 2, w2, 2).max(axis=(3, 5))
+    h, w = bits.shape[2:]
+    hp, wp = h + 2 * pad[0], w + 2 * pad[1]
+    g = PlaneGeometry(n, c, h, w, pad[0], pad[1], (n * hp * wp + 63) // 64 + 2)
+    want = pack_planes(bits.astype(np.float32) - 0.5, g)
+    got = rule_planes(sums, taps, (mode, t), pool, g)
+    np.testing.assert_array_equal(got.bits, want.bits)

@@ -30,7 +30,6 @@ import numpy as np
 from numba import njit, prange
 
 from mstc.engine.backend import Backend, fastest, register_backend
-from mstc.engine.fold import apply_rule
 from mstc.engine.packed import (
     _set_threads,
     check_input,
@@ -49,6 +48,7 @@ from mstc.engine.sliced import (
     plane_geometry,
     planes_to_packed,
     planes_to_signed,
+    rule_planes,
     run_layer,
     sliceable,
     unpack_sums,
@@ -552,15 +552,9 @@ class MSTBackend(Backend):
 
     def _fused_int(self, layer, x, rule, pool, consumer, want_sums):
         s = self._conv(layer, x if isinstance(x, BitPlanes) else check_input(layer, x))
-        u = (s.astype(np.int64) + layer.n) >> 1
-        bits = apply_rule(rule, np.moveaxis(u, 1, -1))  # (N, Ho, Wo, C)
-        bits = np.moveaxis(bits, -1, 1)
-        n, c, ho, wo = bits.shape
-        if pool:
-            bits = bits[:, :, : ho // 2 * 2, : wo // 2 * 2]
-            bits = bits.reshape(n, c, ho // 2, 2, wo // 2, 2).max(axis=(3, 5))
-        xb = bits.astype(np.float32) - 0.5
-        out = pack_planes(xb, plane_geometry(consumer, n, xb.shape[2], xb.shape[3]))
+        n, _, ho, wo = s.shape
+        h2, w2 = (ho // 2, wo // 2) if pool else (ho, wo)
+        out = rule_planes(s, layer.n, rule, pool, plane_geometry(consumer, n, h2, w2))
         return out, (s if want_sums else None)
 
     def _planes_sums(self, layer: BinaryLayerCode, x: BitPlanes) -> np.ndarray:

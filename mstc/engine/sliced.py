@@ -258,6 +258,59 @@ def planes_to_signed(planes: BitPlanes, tail: int) -> np.ndarray:
     return S
 
 
+@njit(cache=True)
+def _rule_rows(s, n_taps, mode, t, pool, ph, pw, Hp, Wp, out):  # pragma: no cover - numba
+    """out[c] bit (b*Hp + h + ph)*Wp + w + pw = rule_c(u) at u = (s + n) / 2 (OR over the 2x2
+    window when ``pool``: sign(max) = OR of signs); rows of up to 64 bits placed at once."""
+    N, C, H, W = s.shape
+    Ho = H // 2 if pool else H
+    Wo = W // 2 if pool else W
+    for c in range(C):
+        md = mode[c]
+        tc = t[c]
+        row = out[c]
+        for b in range(N):
+            for h in range(Ho):
+                base = (b * Hp + h + ph) * Wp + pw
+                for w0 in range(0, Wo, 64):
+                    ln = min(64, Wo - w0)
+                    word = np.uint64(0)
+                    for k in range(ln):
+                        w = w0 + k
+                        bit = False
+                        for dy in range(2 if pool else 1):
+                            for dx in range(2 if pool else 1):
+                                hh = 2 * h + dy if pool else h
+                                ww = 2 * w + dx if pool else w
+                                u = (s[b, c, hh, ww] + n_taps) >> 1
+                                if md == CONST1:
+                                    bit = True
+                                elif md == GE:
+                                    bit |= u >= tc
+                                elif md == LE:
+                                    bit |= u <= tc
+                        if bit:
+                            word |= np.uint64(1) << np.uint64(k)
+                    _place(row, base + w0, word, ln)
+
+
+def rule_planes(
+    sums: np.ndarray, n: int, rule: tuple[np.ndarray, np.ndarray], pool: bool, nxt: PlaneGeometry
+) -> BitPlanes:
+    """The next conv's input planes from a layer's int32 sums (N, C, Ho, Wo) and the folded
+    BN + sign rule of :mod:`mstc.engine.fold` (2x2 max-pooled if ``pool``)."""
+    N, C, H, W = sums.shape
+    expect = (H // 2, W // 2) if pool else (H, W)
+    if (nxt.h, nxt.w) != expect or nxt.n != N or nxt.c != C:
+        raise ValueError(f"next planes {nxt} do not match the output {expect}")
+    out = np.zeros((C, nxt.words), dtype=np.uint64)
+    mode = np.ascontiguousarray(rule[0], dtype=np.int8)
+    t = np.ascontiguousarray(rule[1], dtype=np.int64)
+    s = np.ascontiguousarray(sums, dtype=np.int32)
+    _rule_rows(s, n, mode, t, pool, nxt.ph, nxt.pw, nxt.hp, nxt.wp, out)
+    return BitPlanes(out, nxt)
+
+
 # ------------------------------------------------------------------------------------ schedule
 
 
