@@ -263,9 +263,9 @@ class Runtime:
         """The fused links to use at this input shape: all or none, by timing whole passes.
 
         Mixed plans are exact too (set ``plans[shape]`` to any subset of ``fusions``), but a
-        search toggling one link at a time was not reliable on a noisy machine: it settled on a
-        mixed plan 1.8x slower than all links for the trained vgg_small at batch 32
-        (BENCHMARKS.md), so only the two extremes, far apart where it matters, are compared."""
+        search toggling one link at a time was not reliable on a noisy machine: for the trained
+        vgg_small at batch 32 it settled on a mixed plan running at 1.2x packed's speed, where all
+        links give 1.6-2.4x (BENCHMARKS.md), so only the two extremes are compared."""
         runs = {
             "all": lambda: self._forward(x, frozenset(self.fusions), return_sums),
             "none": lambda: self._forward(x, frozenset(), return_sums),
