@@ -144,23 +144,58 @@ def _popc4(tile, wT, P, j0, acc):  # pragma: no cover - numba
         t += 2
 
 
+@njit(cache=True, inline="always")
+def _gather_tile(
+    xf, Hp, Wp, CW, C, kh, kw, sh, sw, dh, dw, Ho, Wo, g0, nr, tile
+):  # pragma: no cover
+    """tile[t, r*Wo + wo] = word t of the patch of output (row g0 + r of the flattened (batch,
+    Ho), wo): tap (ky, kx), channel word cw lands at patch bit (ky*kw + kx)*C + 64*cw."""
+    KW = tile.shape[0]
+    Pu = np.uint64(nr * Wo)
+    Wu = np.uint64(Wo)
+    step = np.uint64(sw * CW)
+    for t in range(KW):
+        for p in range(Pu):
+            tile[t, p] = 0
+    for ky in range(kh):
+        for kx in range(kw):
+            for cw in range(CW):
+                o = (ky * kw + kx) * C + 64 * cw
+                t = o >> 6
+                s = np.uint64(o & 63)
+                spill = s > 0 and t + 1 < KW
+                cs = np.uint64(64) - s
+                dst = tile[t]
+                nxt = tile[t + 1] if spill else tile[t]
+                for r in range(nr):
+                    b = (g0 + r) // Ho
+                    hh = (g0 + r - b * Ho) * sh + ky * dh
+                    q = np.uint64(r * Wo)
+                    base = np.uint64(((b * Hp + hh) * Wp + kx * dw) * CW + cw)
+                    if spill:
+                        for wo in range(Wu):
+                            word = xf[base + wo * step]
+                            dst[q + wo] |= word << s
+                            nxt[q + wo] |= word >> cs
+                    else:
+                        for wo in range(Wu):
+                            dst[q + wo] |= xf[base + wo * step] << s
+
+
 @njit(cache=True)
 def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out):  # pragma: no cover
     """Units [u0, u1) of R output rows each; rows are flattened over (batch, Ho).
 
     Per unit the patches of its P = rows * Wo positions are gathered into a tile [KW, P]
-    (word t of every patch contiguous over positions; tap (ky, kx) of C bits lands at patch bit
-    (ky*kw + kx)*C, the packed_weights order), then for 4 output channels j at a time
-    ``acc[j, p] += popcount(tile[t, p] XOR wT[t, j])`` runs over the positions (vectorised with
-    vpopcnt), and out[b, j, ho*Wo + wo] = n - 2*acc. Patches of 4 words (the caller pads shorter
+    (word t of every patch contiguous over positions, the packed_weights order), then for 4
+    output channels j at a time ``acc[j, p] += popcount(tile[t, p] XOR wT[t, j])`` runs over the
+    positions (vectorised with vpopcnt), and out[b, j, ho*Wo + wo] = n - 2*acc, written in runs of
+    whole rows of one image (contiguous in both). Patches of 4 words (the caller pads shorter
     ones with zero words) skip the accumulator: each channel's 4 popcounts go straight to out."""
     KW = wT.shape[0]
     Cout = wT.shape[1]
-    CW = xp.shape[3]
-    Hp = xp.shape[1]
-    Wp = xp.shape[2]
+    Hp, Wp, CW = xp.shape[1], xp.shape[2], xp.shape[3]
     xf = xp.reshape(-1)  # flat, unsigned indices: the gather loops vectorise
-    step = np.uint64(sw * CW)
     C = n // (kh * kw)
     G = out.shape[0] * Ho
     tile = np.empty((KW, R * Wo), np.uint64)
@@ -169,82 +204,41 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out):  # pr
         g0 = u * R
         nr = min(R, G - g0)
         P = nr * Wo
-        Pu = np.uint64(P)
-        Wu = np.uint64(Wo)
-        for t in range(KW):
-            for p in range(Pu):
-                tile[t, p] = 0
-        for ky in range(kh):
-            for kx in range(kw):
-                for cw in range(CW):
-                    o = (ky * kw + kx) * C + 64 * cw
-                    t = o >> 6
-                    s = np.uint64(o & 63)
-                    spill = s > 0 and t + 1 < KW
-                    cs = np.uint64(64) - s
-                    dst = tile[t]
-                    nxt = tile[t + 1] if spill else tile[t]
-                    for r in range(nr):
-                        b = (g0 + r) // Ho
-                        hh = (g0 + r - b * Ho) * sh + ky * dh
-                        q = np.uint64(r * Wo)
-                        base = np.uint64(((b * Hp + hh) * Wp + kx * dw) * CW + cw)
-                        if spill:
-                            for wo in range(Wu):
-                                word = xf[base + wo * step]
-                                dst[q + wo] |= word << s
-                                nxt[q + wo] |= word >> cs
-                        else:
-                            for wo in range(Wu):
-                                dst[q + wo] |= xf[base + wo * step] << s
-        # output runs: rows of one image are contiguous in both the tile and out[b, j]
-        r = 0
-        while r < nr:
-            b = (g0 + r) // Ho
-            ho = g0 + r - b * Ho
-            seg = min(nr - r, Ho - ho)
-            q = np.uint64(r * Wo)
-            obase = np.uint64(ho * Wo)
-            L = np.uint64(seg * Wo)
-            if KW == 4:  # short patches: the sum of 4 words straight into out, no accumulator
-                for j in range(Cout):
-                    w0 = wT[0, j]
-                    w1 = wT[1, j]
-                    w2 = wT[2, j]
-                    w3 = wT[3, j]
-                    dst = out[b, j]
-                    for p in range(L):
-                        m = popc(tile[0, q + p] ^ w0) + popc(tile[1, q + p] ^ w1)
-                        m += popc(tile[2, q + p] ^ w2) + popc(tile[3, q + p] ^ w3)
-                        dst[obase + p] = n - 2 * np.int64(m)
-            r += seg
-        if KW == 4:
-            continue
-        for j0 in range(0, Cout, 4):
-            nj = min(4, Cout - j0)
-            if nj == 4:
-                _popc4(tile, wT, P, j0, acc)
-            else:
-                for q in range(nj):
-                    for p in range(P):
-                        acc[q, p] = 0
-                for t in range(KW):
+        _gather_tile(xf, Hp, Wp, CW, C, kh, kw, sh, sw, dh, dw, Ho, Wo, g0, nr, tile)
+        for j0 in range(0, Cout, 1 if KW == 4 else 4):
+            nj = 1 if KW == 4 else min(4, Cout - j0)
+            if KW != 4:
+                if nj == 4:
+                    _popc4(tile, wT, P, j0, acc)
+                else:
                     for q in range(nj):
-                        wq = wT[t, j0 + q]
                         for p in range(P):
-                            acc[q, p] += popc(tile[t, p] ^ wq)
+                            acc[q, p] = 0
+                    for t in range(KW):
+                        for q in range(nj):
+                            wq = wT[t, j0 + q]
+                            for p in range(P):
+                                acc[q, p] += popc(tile[t, p] ^ wq)
             r = 0
-            while r < nr:
+            while r < nr:  # runs of whole rows of one image
                 b = (g0 + r) // Ho
                 ho = g0 + r - b * Ho
                 seg = min(nr - r, Ho - ho)
                 q0 = np.uint64(r * Wo)
                 obase = np.uint64(ho * Wo)
                 L = np.uint64(seg * Wo)
-                for q in range(nj):
-                    dst = out[b, j0 + q]
+                if KW == 4:
+                    w0, w1, w2, w3 = wT[0, j0], wT[1, j0], wT[2, j0], wT[3, j0]
+                    dst = out[b, j0]
                     for p in range(L):
-                        dst[obase + p] = n - 2 * np.int64(acc[q, q0 + p])
+                        m = popc(tile[0, q0 + p] ^ w0) + popc(tile[1, q0 + p] ^ w1)
+                        m += popc(tile[2, q0 + p] ^ w2) + popc(tile[3, q0 + p] ^ w3)
+                        dst[obase + p] = n - 2 * np.int64(m)
+                else:
+                    for q in range(nj):
+                        dst = out[b, j0 + q]
+                        for p in range(L):
+                            dst[obase + p] = n - 2 * np.int64(acc[q, q0 + p])
                 r += seg
 
 

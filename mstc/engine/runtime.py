@@ -204,11 +204,7 @@ class Runtime:
         if the same calls on an activation-shaped tensor (another size, other positions) do not
         reproduce it bit for bit."""
         n = layer.n
-        y = (2 * np.arange(n + 1, dtype=np.int64) - n).astype(np.float32)
-        y = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(y, (1, layer.cout, 1, n + 1))))
-        with torch.no_grad():
-            table = self._apply(bn, [self._finish_binary(layer, y)], {})
-        table = np.ascontiguousarray(table.numpy().reshape(layer.cout, n + 1), dtype=np.float32)
+        table = self._bn_values(layer, bn)
         u = np.random.default_rng(0).integers(0, n + 1, size=(2, layer.cout, 3, 37))
         probe = torch.from_numpy((2 * u - n).astype(np.float32))
         with torch.no_grad():
@@ -220,14 +216,20 @@ class Runtime:
         return table if same else None
 
     def _fold(self, layer: BinaryLayerCode, bn: Node):
-        """f(y) at every reachable sum y = 2u - n, through the same torch calls as :meth:`run`,
-        shaped (1, Cout, 1, n+1) like an NCHW activation; -> threshold_rule or None."""
+        """The BN + sign rule of a fused producer: threshold_rule of f at every reachable sum,
+        or None."""
+        return threshold_rule(torch.from_numpy(self._bn_values(layer, bn)))
+
+    def _bn_values(self, layer: BinaryLayerCode, bn: Node) -> np.ndarray:
+        """f(y) = BN(scale * y + bias) at every reachable sum y = 2u - n, (Cout, n+1) float32,
+        through the same torch calls as :meth:`run`, shaped (1, Cout, 1, n+1) like an NCHW
+        activation."""
         n = layer.n
         y = (2 * np.arange(n + 1, dtype=np.int64) - n).astype(np.float32)
         y = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(y, (1, layer.cout, 1, n + 1))))
         with torch.no_grad():
             z = self._apply(bn, [self._finish_binary(layer, y)], {})
-        return threshold_rule(z.reshape(layer.cout, n + 1))
+        return np.ascontiguousarray(z.numpy().reshape(layer.cout, n + 1), dtype=np.float32)
 
     def _p(self, node: Node, name: str) -> torch.Tensor | None:
         return self._params.get(f"{node.name}.{name}")
