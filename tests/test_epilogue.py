@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomize_batchnorm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -132,16 +133,12 @@ def test_epilogue_bad_shapes():
 
 
 def _randomise_float_parts(model: torch.nn.Module, seed: int) -> None:
+    """Random BatchNorm statistics (conftest) and PReLU slopes."""
+    randomize_batchnorm(model, seed)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 3)
-                m.running_var.copy_(torch.rand(c, generator=g) * 4 + 0.05)
-                m.weight.copy_(torch.randn(c, generator=g))  # negative gammas included
-                m.bias.copy_(torch.randn(c, generator=g))
-            elif isinstance(m, torch.nn.PReLU):
+            if isinstance(m, torch.nn.PReLU):
                 m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.5)
 
 

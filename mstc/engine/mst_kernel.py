@@ -30,6 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from mstc.engine.backend import Backend, fastest, register_backend
+from mstc.engine.fold import CONST1, GE, LE, RuledInput
 from mstc.engine.packed import (
     _set_threads,
     check_input,
@@ -37,6 +38,7 @@ from mstc.engine.packed import (
     linear_as_conv,
     packed_input,
     packed_weights,
+    sign_rule,
     xnor_conv,
 )
 from mstc.engine.sliced import (
@@ -65,14 +67,17 @@ TILE_BYTES = 256 * 1024
 
 
 @njit(cache=True)
-def _sign_planes(x, ph, pw, c0, c1, S):  # pragma: no cover - numba
-    """Channels [c0, c1): S[c, (b*Hp + h+ph)*Wp + w+pw] = 2*sign(x[b, c, h, w]) and
-    S[C+c, same] = -2*sign(x[b, c, h, w]) (int8). The padding is pre-filled (-2 / +2)."""
+def _sign_planes(x, ph, pw, c0, c1, mode, t, S):  # pragma: no cover - numba
+    """Channels [c0, c1): S[c, (b*Hp + h+ph)*Wp + w+pw] = 2a and S[C+c, same] = -2a (int8) with
+    a = +-1 the channel's rule on x[b, c, h, w] (sign: GE with t = 0). The padding is pre-filled
+    (-2 / +2)."""
     N, C, H, W = x.shape
     Hp = H + 2 * ph
     Wp = W + 2 * pw
     for cc in range(c1 - c0):
         c = c0 + cc
+        md = mode[c]
+        tc = t[c]
         for b in range(N):
             for h in range(H):
                 base = (b * Hp + h + ph) * Wp + pw
@@ -80,31 +85,42 @@ def _sign_planes(x, ph, pw, c0, c1, S):  # pragma: no cover - numba
                 dp = S[c, base:]
                 dn = S[C + c, base:]
                 for w in range(W):
-                    v = np.int8(4) * np.int8(src[w] >= 0) - np.int8(2)
+                    xv = src[w]
+                    if md == GE:
+                        bit = xv >= tc
+                    elif md == LE:
+                        bit = xv <= tc
+                    else:
+                        bit = md == CONST1 and xv == xv
+                    v = np.int8(4) * np.int8(bit) - np.int8(2)
                     dp[w] = v
                     dn[w] = -v
 
 
 @njit(parallel=True, cache=True)
-def _sign_par(x, ph, pw, nchunks, S):  # pragma: no cover - numba
+def _sign_par(x, ph, pw, nchunks, mode, t, S):  # pragma: no cover - numba
     C = x.shape[1]
     for ch in prange(nchunks):
-        _sign_planes(x, ph, pw, ch * C // nchunks, (ch + 1) * C // nchunks, S)
+        _sign_planes(x, ph, pw, ch * C // nchunks, (ch + 1) * C // nchunks, mode, t, S)
 
 
-def signed_planes(x: np.ndarray, padding: tuple[int, int], tail: int, nthreads: int = 1):
+def signed_planes(x: np.ndarray, padding: tuple[int, int], tail: int, nthreads: int = 1, rule=None):
     """int8 ``[2C, N*Hp*Wp + tail]``: row c is the padded plane of channel c, the batch stacked
-    along the height, holding 2*a (a = sign(x), padding -1); row C+c holds -2*a."""
+    along the height, holding 2*a (a = sign(x), or the float ``rule`` (mode, t); padding -1), row
+    C+c holds -2*a."""
     n, c, h, w = x.shape
     ph, pw = padding
+    mode, t = sign_rule(c) if rule is None else rule
+    mode = np.ascontiguousarray(mode, dtype=np.int8)
+    t = np.ascontiguousarray(t, dtype=np.float32)
     S = np.empty((2 * c, n * (h + 2 * ph) * (w + 2 * pw) + tail), dtype=np.int8)
     S[:c] = -2
     S[c:] = 2
     if x.size:
         if nthreads > 1 and c > 1:
-            _sign_par(x, ph, pw, min(2 * nthreads, c), S)
+            _sign_par(x, ph, pw, min(2 * nthreads, c), mode, t, S)
         else:
-            _sign_planes(x, ph, pw, 0, c, S)
+            _sign_planes(x, ph, pw, 0, c, mode, t, S)
     return S
 
 
@@ -285,7 +301,8 @@ def _tiles_par(
 
 class _Input:
     """A binary layer's input in the layouts the int kernels read -- channel-packed words and
-    +-2 int8 planes -- made once, from floats (sign + pack) or from bit planes (a transpose)."""
+    +-2 int8 planes -- made once, from floats (sign + pack; a RuledInput's rule instead of sign)
+    or from bit planes (a transpose)."""
 
     def __init__(self, x, padding: tuple[int, int], nthreads: int) -> None:
         if isinstance(x, BitPlanes) and (x.geometry.ph, x.geometry.pw) != tuple(padding):
@@ -298,16 +315,22 @@ class _Input:
 
     def packed(self) -> np.ndarray:
         if self._packed is None:
-            if isinstance(self.x, BitPlanes):
-                self._packed = planes_to_packed(self.x)
+            x = self.x
+            if isinstance(x, BitPlanes):
+                self._packed = planes_to_packed(x)
+            elif isinstance(x, RuledInput):
+                self._packed = packed_input(x.x, self.padding, self.nthreads, (x.mode, x.t))
             else:
-                self._packed = packed_input(self.x, self.padding, self.nthreads)
+                self._packed = packed_input(x, self.padding, self.nthreads)
         return self._packed
 
     def signed(self, tail: int) -> np.ndarray:
-        if isinstance(self.x, BitPlanes):
-            return planes_to_signed(self.x, tail)
-        return signed_planes(self.x, self.padding, tail, self.nthreads)
+        x = self.x
+        if isinstance(x, BitPlanes):
+            return planes_to_signed(x, tail)
+        if isinstance(x, RuledInput):
+            return signed_planes(x.x, self.padding, tail, self.nthreads, (x.mode, x.t))
+        return signed_planes(x, self.padding, tail, self.nthreads)
 
 
 class LayerSchedule:
@@ -364,6 +387,8 @@ class MSTBackend(Backend):
     fuses = True
     #: the float ops after other binary layers run as one pass (mstc.engine.epilogue)
     fuses_epilogue = True
+    #: the runtime may hand binary convs a RuledInput (a BatchNorm before them folded away)
+    folds_inputs = True
     #: bit-sliced kernel along the trees (False: every channel a root, the dense ablation)
     sliced_tree = True
     #: kernel of fused layers and of layers fed bit planes: "sliced", "int" or None (autotune)
@@ -500,7 +525,10 @@ class MSTBackend(Backend):
         if isinstance(x, BitPlanes):
             return x
         x = check_input(layer, x)
-        return pack_planes(x, plane_geometry(layer, x.shape[0], x.shape[2], x.shape[3]))
+        g = plane_geometry(layer, x.shape[0], x.shape[2], x.shape[3])
+        if isinstance(x, RuledInput):
+            return pack_planes(x.x, g, (x.mode, x.t))
+        return pack_planes(x, g)
 
     def _choose(self, key, run_sliced, run_int) -> str:
         """The plane kernel for ``key``: fixed, or timed once (both are exact)."""
@@ -524,7 +552,7 @@ class MSTBackend(Backend):
     ) -> tuple[BitPlanes, np.ndarray | None]:
         """Binary conv with BN + sign folded into ``rule`` (and an optional 2x2 max pool): the
         next layer's input planes, plus the integer sums if ``want_sums``."""
-        shape = x.shape if isinstance(x, BitPlanes) else np.shape(x)
+        shape = tuple(x.shape)
         key = (layer.name, "fused", tuple(shape))
 
         def sliced():

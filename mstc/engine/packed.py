@@ -22,6 +22,7 @@ from numba.extending import intrinsic
 
 from mstc.bitpack import pack_words
 from mstc.engine.backend import Backend, register_backend
+from mstc.engine.fold import CONST1, GE, LE, RuledInput
 from mstc.format import BinaryLayerCode
 
 #: words of patch tile (patch words x positions) the XNOR kernel gathers per unit of output rows
@@ -45,9 +46,10 @@ def popc(typingctx, x):
 
 
 @njit(cache=True)
-def _pack_rows(x, ph, pw, r0, r1, out):  # pragma: no cover - numba
-    """Fused sign + pack of rows [r0, r1) of the flattened (batch, H) index:
-    out[n, h+ph, w+pw, c//64] bit c%64 = (x[n, c, h, w] >= 0). The border of ``out`` stays 0."""
+def _pack_rows(x, ph, pw, r0, r1, mode, t, out):  # pragma: no cover - numba
+    """Fused binarise + pack of rows [r0, r1) of the flattened (batch, H) index:
+    out[n, h+ph, w+pw, c//64] bit c%64 = rule_c(x[n, c, h, w]) (sign: GE with t = 0, i.e.
+    x >= 0). The border of ``out`` stays 0."""
     N, C, H, W = x.shape
     CW = out.shape[3]
     tmp = np.empty(W, np.uint64)
@@ -63,30 +65,52 @@ def _pack_rows(x, ph, pw, r0, r1, out):  # pragma: no cover - numba
             for c in range(cn):
                 xr = x[n, c0 + c, h]
                 bit = np.uint64(1) << np.uint64(c)
-                for w in range(W):
-                    if xr[w] >= 0:
-                        tmp[w] |= bit
+                md = mode[c0 + c]
+                tc = t[c0 + c]
+                if md == GE:
+                    for w in range(W):
+                        if xr[w] >= tc:
+                            tmp[w] |= bit
+                elif md == LE:
+                    for w in range(W):
+                        if xr[w] <= tc:
+                            tmp[w] |= bit
+                elif md == CONST1:
+                    for w in range(W):
+                        if xr[w] == xr[w]:
+                            tmp[w] |= bit
             for w in range(W):
                 dst[pw + w, cw] = tmp[w]
 
 
 @njit(parallel=True, cache=True)
-def _pack_par(x, ph, pw, nchunks, out):  # pragma: no cover - numba
+def _pack_par(x, ph, pw, nchunks, mode, t, out):  # pragma: no cover - numba
     total = x.shape[0] * x.shape[2]
     for ch in prange(nchunks):
-        _pack_rows(x, ph, pw, ch * total // nchunks, (ch + 1) * total // nchunks, out)
+        _pack_rows(x, ph, pw, ch * total // nchunks, (ch + 1) * total // nchunks, mode, t, out)
 
 
-def packed_input(x: np.ndarray, padding: tuple[int, int], nthreads: int = 1) -> np.ndarray:
-    """``[N, H+2ph, W+2pw, ceil(C/64)]`` uint64 bits of a float NCHW input (pad bit 0)."""
+def sign_rule(c: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rule of plain sign() (bit = x >= 0) for c channels, as (mode, t)."""
+    return np.full(c, GE, np.int8), np.zeros(c, np.float32)
+
+
+def packed_input(
+    x: np.ndarray, padding: tuple[int, int], nthreads: int = 1, rule=None
+) -> np.ndarray:
+    """``[N, H+2ph, W+2pw, ceil(C/64)]`` uint64 bits of a float NCHW input (pad bit 0): sign, or
+    the per-channel float ``rule`` (mode, t) of :mod:`mstc.engine.fold`."""
     n, c, h, w = x.shape
     ph, pw = padding
+    mode, t = sign_rule(c) if rule is None else rule
+    mode = np.ascontiguousarray(mode, dtype=np.int8)
+    t = np.ascontiguousarray(t, dtype=np.float32)
     out = np.zeros((n, h + 2 * ph, w + 2 * pw, (c + 63) // 64), dtype=np.uint64)
     if x.size:
         if nthreads > 1 and n * h > 1:
-            _pack_par(x, ph, pw, min(2 * nthreads, n * h), out)
+            _pack_par(x, ph, pw, min(2 * nthreads, n * h), mode, t, out)
         else:
-            _pack_rows(x, ph, pw, 0, n * h, out)
+            _pack_rows(x, ph, pw, 0, n * h, mode, t, out)
     return out
 
 
@@ -309,8 +333,13 @@ def conv_geometry(layer: BinaryLayerCode, shape: tuple[int, ...]) -> tuple[int, 
     return kh, kw, sh, sw, ph, pw, dh, dw, out_size(H, kh, sh, ph, dh), out_size(W, kw, sw, pw, dw)
 
 
-def check_input(layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
-    """Validate a float NCHW input of a binary conv; returns it float32 C-contiguous."""
+def check_input(layer: BinaryLayerCode, x):
+    """Validate a float NCHW input of a binary conv (or a :class:`RuledInput`, whose rule must
+    have one entry per channel); returns it float32 C-contiguous."""
+    if isinstance(x, RuledInput):
+        if np.shape(x.mode) != (layer.cin,) or np.shape(x.t) != (layer.cin,):
+            raise ValueError(f"layer {layer.name}: input rule for {np.shape(x.mode)} channels")
+        return RuledInput(check_input(layer, x.x), x.mode, x.t)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 4 or x.shape[1] != layer.cin:
         raise ValueError(
@@ -345,14 +374,20 @@ class PackedBackend(Backend):
             cin = layer.cin if layer.kind == "conv2d" else layer.n
             self._w[name] = packed_weights(layer.weight_bits(), cin, kh, kw)
 
-    def _conv(self, layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
+    #: the runtime may hand binary convs a RuledInput (a BatchNorm before them folded away)
+    folds_inputs = True
+
+    def _conv(self, layer: BinaryLayerCode, x) -> np.ndarray:
         nthreads = _set_threads(self.threads)
         N = x.shape[0]
         kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = conv_geometry(layer, x.shape)
         out = np.empty((N, layer.cout, Ho * Wo), dtype=np.int32)
         if out.size == 0:
             return out.reshape(N, layer.cout, Ho, Wo)
-        xp = packed_input(x, (ph, pw), nthreads)
+        if isinstance(x, RuledInput):
+            xp = packed_input(x.x, (ph, pw), nthreads, (x.mode, x.t))
+        else:
+            xp = packed_input(x, (ph, pw), nthreads)
         geometry = (kh, kw, sh, sw, dh, dw)
         xnor_conv(xp, self._w[layer.name], layer.n, geometry, Ho, Wo, out, nthreads)
         return out.reshape(N, layer.cout, Ho, Wo)

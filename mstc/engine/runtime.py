@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from mstc.engine.backend import fastest, get_backend
 from mstc.engine.epilogue import affine_form, epilogue
-from mstc.engine.fold import threshold_rule
+from mstc.engine.fold import RuledInput, float_threshold_rule, threshold_rule
 from mstc.format import BinaryLayerCode, CompressedModel, Node
 
 
@@ -99,6 +99,11 @@ class Runtime:
         self._tune_plans &= getattr(self.backend, "plane_kernel", None) is None
         #: add node name -> (binary node name, Epilogue) for the epilogues that include an add
         self._epilogue_at = {e.at: (k, e) for k, e in self.epilogues.items() if e.at != k}
+        #: binary conv node -> (folded BatchNorm node, its input, float rule): a BN between a float
+        #: op and a binary conv is skipped and the conv binarises the BN's input by the rule
+        self.input_folds: dict[str, tuple[str, str, tuple[np.ndarray, np.ndarray]]] = {}
+        if getattr(self.backend, "folds_inputs", False):
+            self.input_folds = self._plan_input_folds()
         self._skips: dict[frozenset[str], set[str]] = {}
 
     def _plan_fusions(self) -> dict[str, Fusion]:
@@ -131,6 +136,36 @@ class Runtime:
             skip = (bn.name, mp.name) if pool else (bn.name,)
             fusions[node.name] = Fusion(skip, last.name, pool, layers[nxt.attrs["layer"]], rule)
         return fusions
+
+    def _plan_input_folds(self) -> dict[str, tuple[str, str, tuple[np.ndarray, np.ndarray]]]:
+        """float op -> batch_norm -> binary conv, the BN's output used only by the conv: the BN +
+        sign as a per-channel float threshold (:func:`mstc.engine.fold.float_threshold_rule`,
+        found with this runtime's own torch BatchNorm)."""
+        users = self._users()
+        producer = {node.name: node for node in self.compressed.nodes}
+        taken = {n for e in self.epilogues.values() for n in e.skip}
+        taken |= {n for f in self.fusions.values() for n in f.skip}
+        out = {}
+        for bn in self.compressed.nodes:
+            u = users.get(bn.name, [])
+            if bn.op != "batch_norm" or bn.name in taken or len(u) != 1:
+                continue
+            conv = u[0]
+            src = producer.get(bn.inputs[0])
+            if conv.op != "binary_conv2d" or src is None or src.op.startswith("binary"):
+                continue
+            cin = self.compressed.layers[conv.attrs["layer"]].cin
+
+            def f(z: np.ndarray, bn=bn, cin=cin) -> np.ndarray:
+                x = torch.from_numpy(np.ascontiguousarray(z.T.reshape(1, cin, 1, -1)))
+                with torch.no_grad():
+                    y = self._apply(bn, [x], {})
+                return y.numpy().reshape(cin, -1).T
+
+            rule = float_threshold_rule(f, cin)
+            if rule is not None:
+                out[conv.name] = (bn.name, bn.inputs[0], rule)
+        return out
 
     def _users(self) -> dict[str, list[Node]]:
         users: dict[str, list[Node]] = {}
@@ -277,10 +312,12 @@ class Runtime:
 
     def _skip_for(self, active: frozenset[str]) -> set[str]:
         """Nodes that produce no value of their own under the fused links ``active``: the BN /
-        pool folded into an active link, the float ops of every other layer's epilogue."""
+        pool folded into an active link, the float ops of every other layer's epilogue, the
+        BatchNorms folded into the input of a binary conv."""
         skip = self._skips.get(active)
         if skip is None:
             skip = {name for k in active for name in self.fusions[k].skip}
+            skip |= {bn for bn, _, _ in self.input_folds.values()}
             skip |= {n for k, e in self.epilogues.items() if k not in active for n in e.skip}
             self._skips[active] = skip
         return skip
@@ -301,7 +338,12 @@ class Runtime:
                     values[e.output] = self._run_epilogue(e, pending.pop(producer), shortcut)
                     self._free(node, i, values)
                     continue
-                args = [values[name] for name in node.inputs]
+                fold = self.input_folds.get(node.name)
+                if fold is not None:  # the BN before this conv was skipped: binarise by its rule
+                    src = np.ascontiguousarray(values[fold[1]].numpy())
+                    args = [RuledInput(src, *fold[2])]
+                else:
+                    args = [values[name] for name in node.inputs]
                 f = self.fusions.get(node.name) if node.name in active else None
                 e = self.epilogues.get(node.name) if f is None else None
                 if f is not None:

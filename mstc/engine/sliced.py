@@ -148,8 +148,51 @@ def _place_rows(flat, H, W, ph, pw, out):  # pragma: no cover - numba
                     _place(row, base + w0, _extract(src, h * W + w0, ln), ln)
 
 
-def pack_planes(x: np.ndarray, geometry: PlaneGeometry) -> BitPlanes:
-    """Fused sign + pack of a float32 NCHW input into bit planes of ``geometry``."""
+def float_rule_bits(x: np.ndarray, mode: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The bits (bool, shape of x) of a float rule on an (N, C, ...) array, as one broadcast
+    compare ``s_c * x >= t'_c``: LE is x <= t <=> -x >= -t (negation is exact), CONST1 is
+    x >= -inf and CONST0 is x >= NaN (never); NaN x gives 0 in every mode."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    mode = np.asarray(mode)
+    t = np.asarray(t, dtype=np.float32)
+    tt = np.where(
+        mode == GE, t, np.where(mode == LE, -t, np.where(mode == CONST1, -np.inf, np.nan))
+    )
+    tt = tt.astype(np.float32).reshape(shape)
+    if not (mode == LE).any():
+        return x >= tt
+    s = np.where(mode == LE, -1, 1).astype(np.float32).reshape(shape)
+    return x * s >= tt
+
+
+@njit(cache=True)
+def _rule_bits(x, mode, t, out):  # pragma: no cover - numba
+    """out[n, c, p] = rule_c(x[n, c, p]) on (N, C, P) views (one loop per mode, vectorised)."""
+    N, C, P = x.shape
+    Pu = np.uint64(P)
+    for c in range(C):
+        md = mode[c]
+        tc = t[c]
+        for n in range(N):
+            xr = x[n, c]
+            o = out[n, c]
+            if md == GE:
+                for p in range(Pu):
+                    o[p] = xr[p] >= tc
+            elif md == LE:
+                for p in range(Pu):
+                    o[p] = xr[p] <= tc
+            elif md == CONST1:
+                for p in range(Pu):
+                    o[p] = xr[p] == xr[p]
+            else:
+                for p in range(Pu):
+                    o[p] = False
+
+
+def pack_planes(x: np.ndarray, geometry: PlaneGeometry, rule=None) -> BitPlanes:
+    """Fused sign + pack of a float32 NCHW input into bit planes of ``geometry``; with ``rule``
+    (mode, t) the bits of :func:`float_rule_bits` instead of sign."""
     g = geometry
     if x.shape != (g.n, g.c, g.h, g.w):
         raise ValueError(f"input of shape {x.shape}, planes expect {(g.n, g.c, g.h, g.w)}")
@@ -157,7 +200,14 @@ def pack_planes(x: np.ndarray, geometry: PlaneGeometry) -> BitPlanes:
     if x.size:
         # sign (x >= 0: sign(0) = +1, NaN -> -1); each image plane packed little-endian
         hw = g.h * g.w
-        bits = np.packbits((np.asarray(x) >= 0).reshape(g.n, g.c, hw), axis=-1, bitorder="little")
+        if rule is None:
+            b = np.asarray(x) >= 0
+        else:
+            b = np.empty((g.n, g.c, hw), dtype=np.bool_)
+            xs = np.ascontiguousarray(x, dtype=np.float32).reshape(g.n, g.c, hw)
+            mode = np.ascontiguousarray(rule[0], dtype=np.int8)
+            _rule_bits(xs, mode, np.ascontiguousarray(rule[1], dtype=np.float32), b)
+        bits = np.packbits(b.reshape(g.n, g.c, hw), axis=-1, bitorder="little")
         buf = np.zeros((g.n, g.c, ((hw + 63) // 64 + 1) * 8), dtype=np.uint8)  # + 1 word read
         buf[..., : bits.shape[-1]] = bits
         _place_rows(buf.view("<u8"), g.h, g.w, g.ph, g.pw, out)
