@@ -76,7 +76,14 @@ def main() -> None:
     for mod in (packed, mst_kernel):
         for name in ("xnor_conv", "packed_input"):
             wrap(mod, name, name)
-    for name in ("run_layer", "unpack_sums", "pack_planes", "emit_planes", "signed_planes"):
+    for name in (
+        "run_layer",
+        "unpack_sums",
+        "pack_planes",
+        "emit_planes",
+        "signed_planes",
+        "rule_planes",
+    ):
         wrap(mst_kernel, name)
     wrap(rt.backend, "_delta", "delta kernel")
     wrap(rt.backend, "conv2d_fused", "fused layers (incl. kernels)")

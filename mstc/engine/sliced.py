@@ -310,37 +310,44 @@ def planes_to_signed(planes: BitPlanes, tail: int) -> np.ndarray:
 
 @njit(cache=True)
 def _rule_rows(s, n_taps, mode, t, pool, ph, pw, Hp, Wp, out):  # pragma: no cover - numba
-    """out[c] bit (b*Hp + h + ph)*Wp + w + pw = rule_c(u) at u = (s + n) / 2 (OR over the 2x2
-    window when ``pool``: sign(max) = OR of signs); rows of up to 64 bits placed at once."""
+    """out[c] bit (b*Hp + h + ph)*Wp + w + pw = rule_c(u) at u = (s + n) / 2, OR over the 2x2
+    window when ``pool`` (sign(max) = OR of signs). On the sums directly: u >= t <=> s >= 2t - n
+    (s + n is even), u <= t <=> -s >= n - 2t, so with sg = +-1 a bit is max(sg * s) >= sg * thr,
+    branch-free; rows of up to 64 bits placed at once."""
     N, C, H, W = s.shape
     Ho = H // 2 if pool else H
     Wo = W // 2 if pool else W
     for c in range(C):
         md = mode[c]
-        tc = t[c]
+        if md == CONST0:
+            continue
+        if md == CONST1:  # every valid position 1
+            sg, thr = 1, -(1 << 40)
+        elif md == GE:
+            sg, thr = 1, 2 * t[c] - n_taps
+        else:
+            sg, thr = -1, n_taps - 2 * t[c]
         row = out[c]
         for b in range(N):
+            sb = s[b, c]
             for h in range(Ho):
                 base = (b * Hp + h + ph) * Wp + pw
                 for w0 in range(0, Wo, 64):
                     ln = min(64, Wo - w0)
                     word = np.uint64(0)
-                    for k in range(ln):
-                        w = w0 + k
-                        bit = False
-                        for dy in range(2 if pool else 1):
-                            for dx in range(2 if pool else 1):
-                                hh = 2 * h + dy if pool else h
-                                ww = 2 * w + dx if pool else w
-                                u = (s[b, c, hh, ww] + n_taps) >> 1
-                                if md == CONST1:
-                                    bit = True
-                                elif md == GE:
-                                    bit |= u >= tc
-                                elif md == LE:
-                                    bit |= u <= tc
-                        if bit:
-                            word |= np.uint64(1) << np.uint64(k)
+                    if pool:
+                        r0 = sb[2 * h]
+                        r1 = sb[2 * h + 1]
+                        for k in range(ln):
+                            w = 2 * (w0 + k)
+                            m = max(
+                                max(sg * r0[w], sg * r0[w + 1]), max(sg * r1[w], sg * r1[w + 1])
+                            )
+                            word |= np.uint64(m >= thr) << np.uint64(k)
+                    else:
+                        r0 = sb[h]
+                        for k in range(ln):
+                            word |= np.uint64(sg * r0[w0 + k] >= thr) << np.uint64(k)
                     _place(row, base + w0, word, ln)
 
 
