@@ -136,7 +136,7 @@ def _eval_compressed(args: argparse.Namespace) -> int:
 
     import mstc
     from mstc.costs import format_table, network_costs
-    from mstc.engine import run
+    from mstc.engine import Runtime
     from mstc.errors import MSTCError
     from mstc.train.data import load_split
 
@@ -145,9 +145,10 @@ def _eval_compressed(args: argparse.Namespace) -> int:
     cm = mstc.load(args.checkpoint)
     data = load_split(args.dataset, args.data_root, "test", subset=args.test_subset)
     correct = 0
+    runtime = Runtime(cm, args.backend, args.threads)  # once: plans, packed weights, autotunes
     for start in range(0, len(data), args.batch_size):
         x = data.images[start : start + args.batch_size].numpy()
-        logits = run(cm, x, args.backend, threads=args.threads)
+        logits = runtime.run(x)
         correct += int(
             (np.asarray(logits).argmax(1) == data.labels[start : start + len(x)].numpy()).sum()
         )

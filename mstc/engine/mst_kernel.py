@@ -127,6 +127,15 @@ def signed_planes(x: np.ndarray, padding: tuple[int, int], tail: int, nthreads: 
 # ------------------------------------------------------------------------------ one tile
 
 
+@njit(cache=True, inline="always")
+def _tile_row(v, direct, Hp, Ho):  # pragma: no cover - numba
+    """(image, output row) of tile row v: virtual rows of the batch stacked along the height
+    (direct, Hp per image; output row >= Ho is junk) or rows of the flattened (batch, Ho)."""
+    rows = Hp if direct else Ho
+    b = v // rows
+    return b, v - b * rows
+
+
 @njit(cache=True)
 def _tile(
     S, D, dense_idx, ch_j, ch_p, ch_neg, ch_ptr, d_ci, d_ky, d_kx, d_pos, n, geom, Hp,
@@ -158,15 +167,9 @@ def _tile(
     nD = dense_idx.shape[0]
     Wu = np.uint64(Wo)
     for r in range(nrows):
-        v = v0 + r
-        if direct:
-            b = v // Hp
-            ho = v - b * Hp
-            if ho >= Ho:
-                continue
-        else:
-            b = v // Ho
-            ho = v - b * Ho
+        b, ho = _tile_row(v0 + r, direct, Hp, Ho)
+        if ho >= Ho:
+            continue
         so = np.uint64(ho * Wo)
         do = np.uint64(r * width)
         for d in range(nD):
@@ -177,9 +180,7 @@ def _tile(
     # 2. int8 im2col (strided layers only)
     if not direct:
         for r in range(nrows):
-            v = v0 + r
-            b = v // Ho
-            ho = v - b * Ho
+            b, ho = _tile_row(v0 + r, False, Hp, Ho)
             for ci in range(C):
                 for ky in range(kh):
                     base = (b * Hp + ho * sh + ky * dh) * Wp
@@ -253,15 +254,9 @@ def _tile(
     # 4. write the valid positions into out[N, Cout, Ho*Wo]
     Cout = O.shape[0]
     for r in range(nrows):
-        v = v0 + r
-        if direct:
-            b = v // Hp
-            ho = v - b * Hp
-            if ho >= Ho:
-                continue
-        else:
-            b = v // Ho
-            ho = v - b * Ho
+        b, ho = _tile_row(v0 + r, direct, Hp, Ho)
+        if ho >= Ho:
+            continue
         so = np.uint64(r * width)  # unsigned offsets: no wrap-around checks, the copy vectorises
         do = np.uint64(ho * Wo)
         for j in range(Cout):

@@ -83,6 +83,10 @@ class Runtime:
         self._last_use = {
             name: i for i, node in enumerate(compressed.nodes) for name in node.inputs
         }
+        self._users: dict[str, list[Node]] = {}
+        for node in compressed.nodes:
+            for name in node.inputs:
+                self._users.setdefault(name, []).append(node)
         #: producer node name -> Fusion (empty unless the backend fuses)
         self.fusions: dict[str, Fusion] = {}
         if getattr(self.backend, "fuses", False):
@@ -109,7 +113,7 @@ class Runtime:
     def _plan_fusions(self) -> dict[str, Fusion]:
         nodes = self.compressed.nodes
         layers = self.compressed.layers
-        users = self._users()
+        users = self._users
 
         def only_user(node: Node, op: str) -> Node | None:
             u = users.get(node.name, [])
@@ -141,7 +145,7 @@ class Runtime:
         """float op -> batch_norm -> binary conv, the BN's output used only by the conv: the BN +
         sign as a per-channel float threshold (:func:`mstc.engine.fold.float_threshold_rule`,
         found with this runtime's own torch BatchNorm)."""
-        users = self._users()
+        users = self._users
         producer = {node.name: node for node in self.compressed.nodes}
         taken = {n for e in self.epilogues.values() for n in e.skip}
         taken |= {n for f in self.fusions.values() for n in f.skip}
@@ -167,16 +171,9 @@ class Runtime:
                 out[conv.name] = (bn.name, bn.inputs[0], rule)
         return out
 
-    def _users(self) -> dict[str, list[Node]]:
-        users: dict[str, list[Node]] = {}
-        for node in self.compressed.nodes:
-            for name in node.inputs:
-                users.setdefault(name, []).append(node)
-        return users
-
     def _plan_epilogues(self) -> dict[str, Epilogue]:
         """binary -> batch_norm -> (2x2 max pool | [add] [-> prelu]), intermediates used once."""
-        users = self._users()
+        users = self._users
 
         def only_user(name: str, op: str) -> Node | None:
             u = users.get(name, [])

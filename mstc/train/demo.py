@@ -73,17 +73,18 @@ def verify_on_test_set(
     Returns counts of images, layers checked, mismatching integer sums, the max logit difference
     and the engine's predictions (argmax of its logits).
     """
-    from mstc.engine import run
+    from mstc.engine import Runtime
     from mstc.verify import torch_integer_sums
 
     mismatched = 0
     max_diff = 0.0
     preds = []
     layers = 0
+    runtime = Runtime(compressed, backend, threads)  # once: plans, packed weights, autotunes
     for start in range(0, len(images), batch):
         x = images[start : start + batch]
         ref_logits, ref_sums = torch_integer_sums(model, x)
-        logits, sums = run(compressed, x.numpy(), backend, threads=threads, return_sums=True)
+        logits, sums = runtime.run(x.numpy(), return_sums=True)
         layers = len(ref_sums)
         for name, ref in ref_sums.items():
             got = sums.get(name)
