@@ -162,6 +162,30 @@ def test_conv_shapes(
 
 @SETTINGS
 @given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 150),
+    hw=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    pad=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    threads=st.sampled_from([1, 2]),
+    seed=st.integers(0, 2**16),
+)
+def test_packed_input_layout(n, c, hw, pad, threads, seed):
+    """packed_input == a numpy packing: bit c%64 of word c//64 at the padded position is
+    x >= 0 (NaN and the padding 0); words beyond C are 0."""
+    from mstc.engine.packed import packed_input
+
+    x = _input(seed, (n, c, *hw))
+    x[np.random.default_rng(seed).random(x.shape) < 0.03] = np.nan
+    bits = (x >= 0).astype(np.uint64)  # NaN >= 0 is False
+    want = np.zeros((n, hw[0] + 2 * pad[0], hw[1] + 2 * pad[1], (c + 63) // 64), np.uint64)
+    inner = want[:, pad[0] : pad[0] + hw[0], pad[1] : pad[1] + hw[1]]
+    for ch in range(c):
+        inner[..., ch // 64] |= bits[:, ch] << np.uint64(ch % 64)
+    np.testing.assert_array_equal(packed_input(x, pad, threads), want)
+
+
+@SETTINGS
+@given(
     n=st.integers(1, 300),
     cout=st.integers(1, 40),
     batch=st.integers(1, 9),
