@@ -131,23 +131,6 @@ def _place(row, pos, v, length):  # pragma: no cover - numba
     row[a + np.uint64(1)] |= (v >> np.uint64(1)) >> (np.uint64(63) - b)
 
 
-@njit(cache=True)
-def _place_rows(flat, H, W, ph, pw, out):  # pragma: no cover - numba
-    """out[c] bits (n*Hp + h + ph)*Wp + pw + [0, W) = bits h*W + [0, W) of flat[n, c]."""
-    N, C = flat.shape[0], flat.shape[1]
-    Hp = H + 2 * ph
-    Wp = W + 2 * pw
-    for c in range(C):
-        row = out[c]
-        for n in range(N):
-            src = flat[n, c]
-            for h in range(H):
-                base = (n * Hp + h + ph) * Wp + pw
-                for w0 in range(0, W, 64):
-                    ln = min(64, W - w0)
-                    _place(row, base + w0, _extract(src, h * W + w0, ln), ln)
-
-
 def float_rule_bits(x: np.ndarray, mode: np.ndarray, t: np.ndarray) -> np.ndarray:
     """The bits (bool, shape of x) of a float rule on an (N, C, ...) array, as one broadcast
     compare ``s_c * x >= t'_c``: LE is x <= t <=> -x >= -t (negation is exact), CONST1 is
@@ -165,53 +148,41 @@ def float_rule_bits(x: np.ndarray, mode: np.ndarray, t: np.ndarray) -> np.ndarra
     return x * s >= tt
 
 
-@njit(cache=True)
-def _rule_bits(x, mode, t, out):  # pragma: no cover - numba
-    """out[n, c, p] = rule_c(x[n, c, p]) on (N, C, P) views (one loop per mode, vectorised)."""
-    N, C, P = x.shape
-    Pu = np.uint64(P)
-    for c in range(C):
-        md = mode[c]
-        tc = t[c]
-        for n in range(N):
-            xr = x[n, c]
-            o = out[n, c]
-            if md == GE:
-                for p in range(Pu):
-                    o[p] = xr[p] >= tc
-            elif md == LE:
-                for p in range(Pu):
-                    o[p] = xr[p] <= tc
-            elif md == CONST1:
-                for p in range(Pu):
-                    o[p] = xr[p] == xr[p]
-            else:
-                for p in range(Pu):
-                    o[p] = False
-
-
 def pack_planes(x: np.ndarray, geometry: PlaneGeometry, rule=None) -> BitPlanes:
     """Fused sign + pack of a float32 NCHW input into bit planes of ``geometry``; with ``rule``
-    (mode, t) the bits of :func:`float_rule_bits` instead of sign."""
+    (mode, t) the bits of :func:`float_rule_bits` instead of sign.
+
+    The channel-packed words of :func:`mstc.engine.packed.packed_input` (one vectorised compare
+    pass, padding included) are bit-transposed into planes, 64 positions x 64 channels at a time.
+    """
+    from mstc.engine.packed import packed_input  # the engines' one float -> bits pass
+
     g = geometry
     if x.shape != (g.n, g.c, g.h, g.w):
         raise ValueError(f"input of shape {x.shape}, planes expect {(g.n, g.c, g.h, g.w)}")
     out = np.zeros((g.c, g.words), dtype=np.uint64)
     if x.size:
-        # sign (x >= 0: sign(0) = +1, NaN -> -1); each image plane packed little-endian
-        hw = g.h * g.w
-        if rule is None:
-            b = np.asarray(x) >= 0
-        else:
-            b = np.empty((g.n, g.c, hw), dtype=np.bool_)
-            xs = np.ascontiguousarray(x, dtype=np.float32).reshape(g.n, g.c, hw)
-            mode = np.ascontiguousarray(rule[0], dtype=np.int8)
-            _rule_bits(xs, mode, np.ascontiguousarray(rule[1], dtype=np.float32), b)
-        bits = np.packbits(b.reshape(g.n, g.c, hw), axis=-1, bitorder="little")
-        buf = np.zeros((g.n, g.c, ((hw + 63) // 64 + 1) * 8), dtype=np.uint8)  # + 1 word read
-        buf[..., : bits.shape[-1]] = bits
-        _place_rows(buf.view("<u8"), g.h, g.w, g.ph, g.pw, out)
+        xp = packed_input(np.ascontiguousarray(x, dtype=np.float32), (g.ph, g.pw), 1, rule)
+        _packed_to_planes(xp.reshape(-1, xp.shape[3]), g.c, out)
     return BitPlanes(out, g)
+
+
+@njit(cache=True)
+def _packed_to_planes(xp, C, out):  # pragma: no cover - numba
+    """out[c, a] bit t = xp[64*a + t, c // 64] bit c % 64 (64x64 transposes): channel-packed
+    words of the padded grid positions -> one bit row per channel."""
+    Q, CW = xp.shape
+    blk = np.empty(64, np.uint64)
+    for a in range((Q + 63) // 64):
+        m = min(64, Q - 64 * a)
+        for cw in range(CW):
+            for t in range(m):
+                blk[t] = xp[64 * a + t, cw]
+            for t in range(m, 64):
+                blk[t] = 0
+            _transpose64(blk)
+            for j in range(min(64, C - 64 * cw)):
+                out[64 * cw + j, a] = blk[j]
 
 
 @njit(cache=True)
