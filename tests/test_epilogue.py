@@ -117,6 +117,13 @@ def test_affine_form_only_if_exact(with_scale):
         got = epilogue(sums, table, n, affine=form)
         want = epilogue(sums, table, n)
         np.testing.assert_array_equal(_bits(got), _bits(want))
+        # the fused Bi-Real loop (closed form + shortcut + PReLU in one) == the table's passes
+        shortcut = rng.standard_normal(sums.shape).astype(np.float32)
+        shortcut.reshape(-1)[::5] = -got.reshape(-1)[::5]  # exact zeros: the sign of 0
+        alpha = rng.standard_normal(C).astype(np.float32)
+        got = epilogue(sums, table, n, shortcut, alpha, affine=form)
+        want = epilogue(sums, table, n, shortcut, alpha)
+        np.testing.assert_array_equal(_bits(got), _bits(want))
     bad = table.copy()
     bad[3, 5] = np.nextafter(bad[3, 5], np.float32(np.inf))
     assert affine_form(bad, n, **kw) is None

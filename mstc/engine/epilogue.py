@@ -53,40 +53,51 @@ def fma32(typingctx, a, b, c):
 
 
 @njit(cache=True, inline="always")
-def _f_row(yr, row, n, s, l, ka, kb, mode, P, dst):  # pragma: no cover - numba
-    """dst[p] = f_c(yr[p]) for p < P: the table entry, or the verified affine form (one loop
-    per form, so each vectorises)."""
+def _f_run(yf, o, tf, t0, n, s, l, ka, kb, mode, P, dst, d):  # pragma: no cover - numba
+    """dst[d + p] = f_c(yf[o + p]) for p < P: the table entry tf[t0 + u] (the channel's row of
+    the flat table), or the verified affine form (one loop per form, so each vectorises)."""
     if mode & AFFINE:
         if mode & FMA:
             for p in range(P):
-                dst[p] = fma32(np.float32(yr[p]) * s + l, ka, kb)
+                dst[d + p] = fma32(np.float32(yf[o + p]) * s + l, ka, kb)
         else:
             for p in range(P):
-                dst[p] = (np.float32(yr[p]) * s + l) * ka + kb
+                dst[d + p] = (np.float32(yf[o + p]) * s + l) * ka + kb
     else:
         for p in range(P):
-            dst[p] = row[np.uint64((yr[p] + n) >> 1)]
+            dst[d + p] = tf[t0 + np.uint64((yf[o + p] + n) >> 1)]
 
 
 @njit(cache=True)
 def _rows(y, table, coef, n, shortcut, alpha, mode, r0, r1, out):  # pragma: no cover - numba
-    """Rows r = b*C + c in [r0, r1) of (N*C, P) views: f, then + shortcut, then PReLU, each a
-    loop over the row (in L1)."""
+    """Rows r = b*C + c in [r0, r1) of (N*C, P) arrays: f, then + shortcut, then PReLU, each a
+    loop over the row (in L1). Flat arrays and unsigned offsets: no per-row views (their cost
+    dominated rows of 64 positions) and no wrap-around checks (the loops vectorise)."""
     C = table.shape[0]
-    P = np.uint64(y.shape[1])  # unsigned loop index: no wrap-around checks, the loops vectorise
+    P = np.uint64(y.shape[1])
+    T = np.uint64(table.shape[1])
+    yf = y.reshape(-1)
+    tf = table.reshape(-1)
+    of = out.reshape(-1)
+    sf = shortcut.reshape(-1)
     for r in range(r0, r1):
         c = r % C
-        orow = out[r]
-        _f_row(y[r], table[c], n, coef[0, c], coef[1, c], coef[2, c], coef[3, c], mode, P, orow)
+        o = np.uint64(r) * P
+        s, l, ka, kb = coef[0, c], coef[1, c], coef[2, c], coef[3, c]
+        a = alpha[c]
+        if mode == AFFINE | FMA | ADD | PRELU:  # the Bi-Real epilogue: one fused loop
+            for p in range(P):
+                v = fma32(np.float32(yf[o + p]) * s + l, ka, kb) + sf[o + p]
+                of[o + p] = v if v > 0 else a * v
+            continue
+        _f_run(yf, o, tf, np.uint64(c) * T, n, s, l, ka, kb, mode, P, of, o)
         if mode & ADD:
-            sr = shortcut[r]
             for p in range(P):
-                orow[p] = orow[p] + sr[p]
+                of[o + p] = of[o + p] + sf[o + p]
         if mode & PRELU:
-            a = alpha[c]
             for p in range(P):
-                v = orow[p]
-                orow[p] = v if v > 0 else a * v
+                v = of[o + p]
+                of[o + p] = v if v > 0 else a * v
 
 
 @njit(cache=True, inline="always")
@@ -105,24 +116,31 @@ def _rows_pool(y, table, coef, n, H, W, mode, r0, r1, out):  # pragma: no cover 
     Ho = H // 2
     Wo = np.uint64(W // 2)
     Wu = np.uint64(W)
+    HW = np.uint64(H * W)
+    T = np.uint64(table.shape[1])
     two = np.uint64(2)
+    one = np.uint64(1)
     v = np.empty(H * W, np.float32)
-    hm = np.empty((2, W // 2), np.float32)
+    h0 = np.empty(W // 2, np.float32)
+    h1 = np.empty(W // 2, np.float32)
+    yf = y.reshape(-1)
+    tf = table.reshape(-1)
+    of = out.reshape(-1)
     ninf = np.float32(-np.inf)
     for r in range(r0, r1):
         c = r % C
         s, l, ka, kb = coef[0, c], coef[1, c], coef[2, c], coef[3, c]
-        _f_row(y[r], table[c], n, s, l, ka, kb, mode, np.uint64(H * W), v)
-        orow = out[r]
+        _f_run(yf, np.uint64(r) * HW, tf, np.uint64(c) * T, n, s, l, ka, kb, mode, HW, v, 0)
+        ob = np.uint64(r) * np.uint64(Ho) * Wo
         for i in range(Ho):
-            for dy in range(2):
-                top = np.uint64(2 * i + dy) * Wu
-                h = hm[dy]
-                for k in range(Wo):
-                    h[k] = _keep(_keep(ninf, v[top + two * k]), v[top + two * k + np.uint64(1)])
-            o = np.uint64(i) * Wo
+            top = np.uint64(2 * i) * Wu
+            bot = top + Wu
             for k in range(Wo):
-                orow[o + k] = _keep(hm[0, k], hm[1, k])
+                h0[k] = _keep(_keep(ninf, v[top + two * k]), v[top + two * k + one])
+                h1[k] = _keep(_keep(ninf, v[bot + two * k]), v[bot + two * k + one])
+            o = ob + np.uint64(i) * Wo
+            for k in range(Wo):
+                of[o + k] = _keep(h0[k], h1[k])
 
 
 @njit(parallel=True, cache=True)
