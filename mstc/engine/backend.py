@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mstc.engine.buffers import BufferPool
 from mstc.format import BinaryLayerCode, CompressedModel
 
 
@@ -24,6 +25,9 @@ class Backend:
     """
 
     name = "base"
+    #: where the backend takes its large work arrays (set by the Runtime; None: fresh arrays).
+    #: Arrays it returns may come from the pool: the caller gives them back or keeps them.
+    pool: BufferPool | None = None
 
     def __init__(self, compressed: CompressedModel, threads: int | None = None) -> None:
         self.compressed = compressed

@@ -177,6 +177,7 @@ def epilogue(
     *,
     pool: bool = False,
     affine: tuple[np.ndarray, bool] | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """float32 ``prelu(f(sums) + shortcut)`` with the shape of ``sums``, or with ``pool`` (no
     shortcut, no PReLU) ``max_pool2d(f(sums), 2)``; f = ``table[c, (sums + n) // 2]``.
@@ -184,7 +185,8 @@ def epilogue(
     ``sums``: int32 (N, C, ...) integer sums of a layer with n taps; ``table``: float32 (C, n+1);
     ``shortcut``: float32 of the same shape as ``sums`` or None; ``alpha``: PReLU weights (C,)
     or None (no PReLU); ``affine``: (coefficients (4, C), fma) from :func:`affine_form`, which
-    computes f without the lookup (and equals the table on every sum)."""
+    computes f without the lookup (and equals the table on every sum); ``out``: a float32
+    C-contiguous array of the result's shape to write it into (any content)."""
     N, C = sums.shape[0], sums.shape[1]
     if table.shape != (C, n + 1):
         raise ValueError(f"table shape {table.shape} != ({C}, {n + 1})")
@@ -201,7 +203,7 @@ def epilogue(
         if sums.ndim != 4 or shortcut is not None or alpha is not None:
             raise ValueError("pool: sums must be (N, C, H, W), without shortcut or PReLU")
         H, W = sums.shape[2], sums.shape[3]
-        out = np.empty((N * C, (H // 2) * (W // 2)), np.float32)
+        out = _out(out, (N, C, H // 2, W // 2)).reshape(N * C, (H // 2) * (W // 2))
         if nthreads > 1 and N * C > 1:
             _pool_par(y, t, coef, n, H, W, mode, min(N * C, 4 * nthreads), out)
         elif out.size:
@@ -217,12 +219,22 @@ def epilogue(
     if alpha is not None:
         a = np.ascontiguousarray(np.broadcast_to(np.asarray(alpha, np.float32).reshape(-1), (C,)))
         mode |= PRELU
-    out = np.empty(y.shape, np.float32)
+    out = _out(out, sums.shape).reshape(y.shape)
     if nthreads > 1 and N * C > 1:
         _rows_par(y, t, coef, n, s, a, mode, min(N * C, 4 * nthreads), out)
     elif out.size:
         _rows(y, t, coef, n, s, a, mode, 0, N * C, out)
     return out.reshape(sums.shape)
+
+
+def _out(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, np.float32)
+    if out.shape != tuple(shape) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(
+            f"out must be C-contiguous float32 {tuple(shape)}, got {out.dtype} {out.shape}"
+        )
+    return out
 
 
 def affine_form(

@@ -30,6 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from mstc.engine.backend import Backend, fastest, register_backend
+from mstc.engine.buffers import empty
 from mstc.engine.fold import CONST1, GE, LE, RuledInput
 from mstc.engine.packed import (
     _set_threads,
@@ -299,25 +300,36 @@ class _Input:
     +-2 int8 planes -- made once, from floats (sign + pack; a RuledInput's rule instead of sign)
     or from bit planes (a transpose)."""
 
-    def __init__(self, x, padding: tuple[int, int], nthreads: int) -> None:
+    def __init__(self, x, padding: tuple[int, int], nthreads: int, pool=None) -> None:
         if isinstance(x, BitPlanes) and (x.geometry.ph, x.geometry.pw) != tuple(padding):
             raise ValueError(f"bit planes padded {x.geometry.ph, x.geometry.pw}, layer {padding}")
         self.x = x
         self.padding = tuple(padding)
         self.nthreads = nthreads
         self.shape = tuple(x.shape)
+        self.pool = pool
         self._packed: np.ndarray | None = None
+        self._pooled = False
 
     def packed(self) -> np.ndarray:
         if self._packed is None:
             x = self.x
             if isinstance(x, BitPlanes):
                 self._packed = planes_to_packed(x)
-            elif isinstance(x, RuledInput):
-                self._packed = packed_input(x.x, self.padding, self.nthreads, (x.mode, x.t))
             else:
-                self._packed = packed_input(x, self.padding, self.nthreads)
+                xf, rule = (x.x, (x.mode, x.t)) if isinstance(x, RuledInput) else (x, None)
+                n, c, h, w = xf.shape
+                ph, pw = self.padding
+                words = empty(self.pool, (n, h + 2 * ph, w + 2 * pw, (c + 63) // 64), np.uint64)
+                self._packed = packed_input(xf, self.padding, self.nthreads, rule, out=words)
+                self._pooled = self.pool is not None
         return self._packed
+
+    def release(self) -> None:
+        """Give the packed words back to the pool they came from."""
+        if self._pooled:
+            self.pool.give(self._packed)
+        self._packed, self._pooled = None, False
 
     def signed(self, tail: int) -> np.ndarray:
         x = self.x
@@ -435,12 +447,13 @@ class MSTBackend(Backend):
         N = x.shape[0]
         kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = conv_geometry(layer, x.shape)
         geom = (kh, kw, sh, sw, dh, dw, ph, pw, Ho, Wo)
-        out = np.empty((N, layer.cout, Ho * Wo), dtype=np.int32)
+        out = empty(self.pool, (N, layer.cout, Ho * Wo), np.int32)
         if out.size == 0:
             return out.reshape(N, layer.cout, Ho, Wo)
-        inp = _Input(x, (ph, pw), nthreads)
+        inp = _Input(x, (ph, pw), nthreads, self.pool)
         if len(sched.ch_j) == 0:  # every channel dense (e.g. random weights): plain XNOR
             self._xnor(sched.wTd, layer, inp, geom, out, nthreads)
+            inp.release()
             return out.reshape(N, layer.cout, Ho, Wo)
         key = (layer.name, tuple(x.shape))
         kernel = self.kernels.get(key)
@@ -453,6 +466,7 @@ class MSTBackend(Backend):
             self._xnor(self._full_weights(layer), layer, inp, geom, out, nthreads)
         else:
             self._delta(layer, sched, inp, geom, out, nthreads)
+        inp.release()
         return out.reshape(N, layer.cout, Ho, Wo)
 
     def _tune(self, layer, sched, inp, geom, out, nthreads) -> str:
@@ -578,7 +592,11 @@ class MSTBackend(Backend):
         n, _, ho, wo = s.shape
         h2, w2 = (ho // 2, wo // 2) if pool else (ho, wo)
         out = rule_planes(s, layer.n, rule, pool, plane_geometry(consumer, n, h2, w2))
-        return out, (s if want_sums else None)
+        if want_sums:
+            return out, s
+        if self.pool is not None:
+            self.pool.give(s)
+        return out, None
 
     def _planes_sums(self, layer: BinaryLayerCode, x: BitPlanes) -> np.ndarray:
         st = self._sliced(layer)

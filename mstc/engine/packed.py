@@ -22,6 +22,7 @@ from numba.extending import intrinsic
 
 from mstc.bitpack import pack_words
 from mstc.engine.backend import Backend, register_backend
+from mstc.engine.buffers import empty
 from mstc.engine.fold import CONST1, GE, LE, RuledInput
 from mstc.format import BinaryLayerCode
 
@@ -116,21 +117,39 @@ def sign_rule(c: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def packed_input(
-    x: np.ndarray, padding: tuple[int, int], nthreads: int = 1, rule=None
+    x: np.ndarray,
+    padding: tuple[int, int],
+    nthreads: int = 1,
+    rule=None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """``[N, H+2ph, W+2pw, ceil(C/64)]`` uint64 bits of a float NCHW input (pad bit 0): sign, or
-    the per-channel float ``rule`` (mode, t) of :mod:`mstc.engine.fold`."""
+    the per-channel float ``rule`` (mode, t) of :mod:`mstc.engine.fold`. ``out``: an array of that
+    shape and dtype to fill (any content: every word is written)."""
     n, c, h, w = x.shape
     ph, pw = padding
     mode, t = sign_rule(c) if rule is None else rule
     mode = np.ascontiguousarray(mode, dtype=np.int8)
     t = np.ascontiguousarray(t, dtype=np.float32)
-    out = np.zeros((n, h + 2 * ph, w + 2 * pw, (c + 63) // 64), dtype=np.uint64)
+    shape = (n, h + 2 * ph, w + 2 * pw, (c + 63) // 64)
+    if out is None:
+        out = np.zeros(shape, dtype=np.uint64)
+    else:
+        if out.shape != shape or out.dtype != np.uint64 or not out.flags.c_contiguous:
+            raise ValueError(
+                f"out must be C-contiguous uint64 {shape}, got {out.dtype} {out.shape}"
+            )
+        out[:, :ph] = 0
+        out[:, h + ph :] = 0
+        out[:, :, :pw] = 0
+        out[:, :, w + pw :] = 0
     if x.size:
         if nthreads > 1 and n * h > 1:
             _pack_par(x, ph, pw, min(2 * nthreads, n * h), mode, t, out)
         else:
             _pack_rows(x, ph, pw, 0, n * h, mode, t, out)
+    elif out.size:
+        out[...] = 0
     return out
 
 
@@ -410,15 +429,17 @@ class PackedBackend(Backend):
         nthreads = _set_threads(self.threads)
         N = x.shape[0]
         kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = conv_geometry(layer, x.shape)
-        out = np.empty((N, layer.cout, Ho * Wo), dtype=np.int32)
+        out = empty(self.pool, (N, layer.cout, Ho * Wo), np.int32)
         if out.size == 0:
             return out.reshape(N, layer.cout, Ho, Wo)
-        if isinstance(x, RuledInput):
-            xp = packed_input(x.x, (ph, pw), nthreads, (x.mode, x.t))
-        else:
-            xp = packed_input(x, (ph, pw), nthreads)
+        xf, rule = (x.x, (x.mode, x.t)) if isinstance(x, RuledInput) else (x, None)
+        _, C, H, W = xf.shape
+        words = empty(self.pool, (N, H + 2 * ph, W + 2 * pw, (C + 63) // 64), np.uint64)
+        xp = packed_input(xf, (ph, pw), nthreads, rule, out=words)
         geometry = (kh, kw, sh, sw, dh, dw)
         xnor_conv(xp, self._w[layer.name], layer.n, geometry, Ho, Wo, out, nthreads)
+        if self.pool is not None:
+            self.pool.give(xp)
         return out.reshape(N, layer.cout, Ho, Wo)
 
     def conv2d(self, layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from mstc.engine.backend import fastest, get_backend
+from mstc.engine.buffers import BufferPool
 from mstc.engine.epilogue import affine_form, epilogue
 from mstc.engine.fold import RuledInput, float_threshold_rule, threshold_rule
 from mstc.format import BinaryLayerCode, CompressedModel, Node
@@ -79,6 +80,9 @@ class Runtime:
     ) -> None:
         self.compressed = compressed
         self.backend = get_backend(backend)(compressed, threads=threads)
+        #: the engine's large arrays (sums, epilogue outputs, packed inputs), reused pass to pass
+        self.pool = BufferPool()
+        self.backend.pool = self.pool
         self._params = {k: torch.from_numpy(np.asarray(v)) for k, v in compressed.tensors.items()}
         self._last_use = {
             name: i for i, node in enumerate(compressed.nodes) for name in node.inputs
@@ -320,6 +324,16 @@ class Runtime:
         return skip
 
     def _forward(self, x: torch.Tensor, active: frozenset[str], return_sums: bool):
+        try:
+            logits, sums = self._pass(x, active, return_sums)
+            for s in sums.values():  # they leave the pass too (return_sums)
+                self.pool.forget(s)
+        finally:
+            self.pool.reclaim()
+        return (logits, sums) if return_sums else logits
+
+    def _pass(self, x: torch.Tensor, active: frozenset[str], return_sums: bool):
+        """One forward pass: (logits, {layer: sums} if return_sums else {})."""
         values: dict[str, Any] = {}
         sums: dict[str, np.ndarray] = {}
         pending: dict[str, np.ndarray] = {}  # sums waiting for their epilogue's add
@@ -332,7 +346,10 @@ class Runtime:
                 if node.name in self._epilogue_at:  # the add of a binary layer's epilogue
                     producer, e = self._epilogue_at[node.name]
                     shortcut = np.ascontiguousarray(values[e.shortcut].numpy())
-                    values[e.output] = self._run_epilogue(e, pending.pop(producer), shortcut)
+                    s = pending.pop(producer)
+                    values[e.output] = self._run_epilogue(e, s, shortcut)
+                    if not return_sums:
+                        self.pool.give(s)
                     self._free(node, i, values)
                     continue
                 fold = self.input_folds.get(node.name)
@@ -353,33 +370,50 @@ class Runtime:
                         sums[layer.name] = s
                 elif e is not None:
                     s = self._binary_sums(node, args[0])
-                    sums[node.attrs["layer"]] = s
+                    if return_sums:
+                        sums[node.attrs["layer"]] = s
                     if e.at == node.name:
                         values[e.output] = self._run_epilogue(e, s, None)
+                        if not return_sums:
+                            self.pool.give(s)
                     else:
                         pending[node.name] = s
                 elif node.op == "input":
                     values[node.name] = x
                 elif node.op == "output":
                     out = args[0]
+                    if self.pool.lent(out.untyped_storage().data_ptr()):  # leaves the pass
+                        out = out.clone()
                 else:
-                    values[node.name] = self._apply(node, args, sums)
+                    values[node.name] = self._apply(node, args, sums, return_sums)
                 self._free(node, i, values)
         assert out is not None
-        logits = out.numpy()
-        return (logits, sums) if return_sums else logits
+        return out.numpy(), sums
 
     def _free(self, node: Node, i: int, values: dict[str, Any]) -> None:
-        """Drop the activations whose last use is node i."""
+        """Drop the activations whose last use is node i; give their buffers back to the pool
+        unless another live value (a view, an identity) still reads the same memory."""
         for name in node.inputs:
             if self._last_use[name] == i:
-                values.pop(name, None)
+                v = values.pop(name, None)
+                if isinstance(v, torch.Tensor) and v.numel():
+                    address = v.untyped_storage().data_ptr()
+                    if self.pool.lent(address) and not any(
+                        isinstance(w, torch.Tensor) and w.untyped_storage().data_ptr() == address
+                        for w in values.values()
+                    ):
+                        self.pool.give(v.numpy())
 
     def _run_epilogue(self, e: Epilogue, s: np.ndarray, shortcut: np.ndarray | None):
         n = e.table.shape[1] - 1
         t = self.backend.threads
         nthreads = t if t else 1
-        out = epilogue(s, e.table, n, shortcut, e.alpha, nthreads, pool=e.pool, affine=e.affine)
+        N, C = s.shape[:2]
+        shape = (N, C, s.shape[2] // 2, s.shape[3] // 2) if e.pool else s.shape
+        buf = self.pool.empty(shape, np.float32)
+        out = epilogue(
+            s, e.table, n, shortcut, e.alpha, nthreads, pool=e.pool, affine=e.affine, out=buf
+        )
         return torch.from_numpy(out)
 
     def _binary_sums(self, node: Node, xin) -> np.ndarray:
@@ -391,14 +425,24 @@ class Runtime:
             return self.backend.conv2d(layer, xin)
         return self.backend.linear(layer, xin)
 
-    def _apply(self, node: Node, args: list[torch.Tensor], sums: dict[str, np.ndarray]):
+    def _apply(
+        self,
+        node: Node,
+        args: list[torch.Tensor],
+        sums: dict[str, np.ndarray],
+        return_sums: bool = False,
+    ):
         a = node.attrs
         op = node.op
         if op in ("binary_conv2d", "binary_linear"):
             layer = self.compressed.layers[a["layer"]]
             s = self._binary_sums(node, args[0])
-            sums[layer.name] = s
-            return self._finish_binary(layer, torch.from_numpy(s.astype(np.float32)))
+            y = self._finish_binary(layer, torch.from_numpy(s.astype(np.float32)))
+            if return_sums:
+                sums[layer.name] = s
+            else:
+                self.pool.give(s)
+            return y
         x = args[0]
         if op == "conv2d":
             return F.conv2d(
