@@ -108,6 +108,28 @@ def test_sums_equal_packed(seed, cin, cout, k, dil, pad, n, h, w, tree, centres,
         np.testing.assert_array_equal(unpack_planes(out), pooled)
 
 
+@pytest.mark.parametrize("w", [61, 62, 63, 64, 126, 127])
+def test_emit_pool_word_aligned_rows(w):
+    """Pooled emission where the padded row width Wp = w + 2 is 63..65 or 128..129 bits
+    (whole-word shifts included) == pooling the emitted bits."""
+    rng = np.random.default_rng(w)
+    n, cin, cout, h = 2, 3, 5, 6
+    layer = _layer(rng, cin, cout, (3, 3), (1, 1), (1, 1), 2, 0.02, 0.0)
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    sched = SlicedLayer(layer)
+    g = plane_geometry(layer, n, h, w)
+    mode = np.full(cout, GE, np.int8)
+    t = rng.integers(0, layer.n + 1, cout)
+    OB, _ = run_layer(sched, pack_planes(x, g), emit=sched.emit_rule(mode, t), want_planes=False)
+    want = _packed_sums(layer, x)
+    bits = np.moveaxis(apply_rule((mode, t), np.moveaxis((want + layer.n) // 2, 1, -1)), -1, 1)
+    pooled = bits[:, :, : h // 2 * 2, : w // 2 * 2]
+    pooled = pooled.reshape(n, cout, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+    nxt_layer = _layer(rng, cout, 2, (3, 3), (1, 1), (1, 1), 1, 0.0, 0.0)
+    out = emit_planes(sched, OB, g, True, plane_geometry(nxt_layer, n, h // 2, w // 2))
+    np.testing.assert_array_equal(unpack_planes(out), pooled)
+
+
 def test_deep_chain_and_complement_offsets():
     """A path-shaped tree (depth cout-1) with complement edges: planes and offsets stay exact."""
     rng = np.random.default_rng(3)

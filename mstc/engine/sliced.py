@@ -796,22 +796,24 @@ def _emit_pool(OB, N, Hp, Wp, Ho, Wo, Hp2, Wp2, ph2, pw2, tmp, out):  # pragma: 
     right neighbour word-wise, then keep the even bits of the even rows."""
     cout = OB.shape[0]
     ow = tmp.shape[0] - 1
-    wsh = Wp >> 6
+    owu = np.uint64(ow)
+    ns = OB.shape[1]
+    wsh = np.uint64(Wp >> 6)
     wsb = np.uint64(Wp & 63)
-    wcb = np.uint64(64 - (Wp & 63))
+    wcb = np.uint64(63) - wsb  # (x << 1) << wcb == x << (64 - wsb), and 0 when wsb == 0
+    one = np.uint64(1)
     H2 = Ho // 2
     W2 = Wo // 2
+    src = np.zeros(ow + (Wp >> 6) + 2, np.uint64)  # one row of OB, zero-padded: no bounds tests
     for j in range(cout):
-        src = OB[j]
-        ns = src.shape[0]
-        for a in range(ow):  # tmp = src | (src >> Wp): bit q gets bit q + Wp
-            hi = src[a + wsh] >> wsb if a + wsh < ns else np.uint64(0)
-            if wsb > 0 and a + wsh + 1 < ns:
-                hi |= src[a + wsh + 1] << wcb
+        for a in range(np.uint64(ns)):
+            src[a] = OB[j, a]
+        for a in range(owu):  # tmp = src | (src >> Wp): bit q gets bit q + Wp
+            hi = (src[a + wsh] >> wsb) | ((src[a + wsh + one] << one) << wcb)
             tmp[a] = src[a] | hi
-        for a in range(ow):  # bit q |= bit q + 1
-            nxt = tmp[a + 1] << np.uint64(63) if a + 1 < ow else np.uint64(0)
-            tmp[a] = tmp[a] | (tmp[a] >> np.uint64(1)) | nxt
+        tmp[ow] = 0
+        for a in range(owu):  # bit q |= bit q + 1
+            tmp[a] = tmp[a] | (tmp[a] >> one) | (tmp[a + one] << np.uint64(63))
         dst = out[j]
         for n in range(N):
             for h2 in range(H2):
