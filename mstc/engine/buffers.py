@@ -28,7 +28,7 @@ class BufferPool:
 
     def empty(self, shape: tuple[int, ...], dtype) -> np.ndarray:
         """An uninitialised C-contiguous array of ``shape`` and ``dtype``, lent until given back."""
-        key = (tuple(int(s) for s in shape), np.dtype(dtype).str)
+        key = (tuple(map(int, shape)), np.dtype(dtype).str)
         free = self._free.get(key)
         a = free.pop() if free else np.empty(key[0], dtype)
         if a.size:

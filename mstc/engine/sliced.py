@@ -431,10 +431,15 @@ class SlicedLayer:
         self._tap_ky = ((k // kw) % kh).astype(np.int64)
         self._tap_kx = (k % kw).astype(np.int64)
         self._dhw = (dh, dw)
+        self._shifts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def tap_shifts(self, wp: int) -> tuple[np.ndarray, np.ndarray]:
-        s = self._tap_ky * self._dhw[0] * wp + self._tap_kx * self._dhw[1]
-        return (s >> 6).astype(np.int64), (s & 63).astype(np.int64)
+        """(word, bit) shift of every tap on a grid of row width ``wp`` (cached per width)."""
+        hit = self._shifts.get(wp)
+        if hit is None:
+            s = self._tap_ky * self._dhw[0] * wp + self._tap_kx * self._dhw[1]
+            hit = self._shifts[wp] = ((s >> 6).astype(np.int64), (s & 63).astype(np.int64))
+        return hit
 
     def emit_rule(self, mode_u: np.ndarray, t_u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-node (preorder) emit mode and uint64 threshold on v from a rule on u per channel:
