@@ -130,6 +130,30 @@ def test_emit_pool_word_aligned_rows(w):
     np.testing.assert_array_equal(unpack_planes(out), pooled)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_word_kernel_equals_tile_kernel(seed, monkeypatch):
+    """run_layer's word-at-a-time kernel (small grids) == its vector tile kernel: emitted bits
+    and v planes, roots, children, complement edges, every emit mode."""
+    import mstc.engine.sliced as sliced
+
+    rng = np.random.default_rng(seed)
+    cin, cout = int(rng.integers(1, 40)), int(rng.integers(1, 30))
+    n, h, w = int(rng.integers(1, 3)), int(rng.integers(3, 9)), int(rng.integers(3, 40))
+    layer = _layer(rng, cin, cout, (3, 3), (1, 1), (1, 1), int(rng.integers(1, 4)), 0.02, 0.3)
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    sched = SlicedLayer(layer, tree=bool(seed % 3))
+    planes = pack_planes(x, plane_geometry(layer, n, h, w))
+    mode = rng.choice(np.array([GE, LE, CONST0, CONST1], np.int8), cout)
+    emit = sched.emit_rule(mode, rng.integers(-1, layer.n + 2, cout))
+    got = {}
+    for small in (0, 10**9):  # every grid to the tile kernel, then to the word kernel
+        monkeypatch.setattr(sliced, "SMALL_WORDS", small)
+        OB, VS = run_layer(sched, planes, emit=emit, want_planes=True)
+        got[small] = (OB[:, :-1], VS)
+    np.testing.assert_array_equal(got[0][0], got[10**9][0])
+    np.testing.assert_array_equal(got[0][1], got[10**9][1])
+
+
 def test_deep_chain_and_complement_offsets():
     """A path-shaped tree (depth cout-1) with complement edges: planes and offsets stay exact."""
     rng = np.random.default_rng(3)

@@ -39,6 +39,10 @@ from mstc.format import BinaryLayerCode
 #: words (of 64 positions) per tile: long enough for the word loops to vectorise (AVX2/AVX-512),
 #: short enough for the tile's tap runs (K x TW words) to stay in L2
 TW = 64
+#: grids of at most this many words (batch 1 on maps up to ~32x32) run the word-at-a-time
+#: kernel :func:`_words`: with 1-16 words per tap the vector loops of :func:`_tiles` are mostly
+#: loop overhead (3.7-6.5 ns per tap-word at batch 1 against 0.45 ns at batch 32)
+SMALL_WORDS = 8
 
 #: emit modes of a channel: constant 0, constant 1, v >= T, v <= T (as NOT v >= T+1)
 CONST0, CONST1, GE, LE = 0, 1, 2, 3
@@ -642,6 +646,153 @@ def _tiles(
                             OB[j, t0u + i] = ~(GE_[i] | EQ[i])
 
 
+@njit(cache=True, inline="always")
+def _scalar_ripple(M, c, l0, L):  # pragma: no cover - numba
+    """Add the carry word c at plane l0 of the counter M[:L]; stops once the carry is 0."""
+    for l in range(l0, L):
+        if c == 0:
+            break
+        x = M[l]
+        M[l] = x ^ c
+        c = x & c
+
+
+@njit(cache=True, inline="always")
+def _match4(XT, ti, tflip, q):  # pragma: no cover - numba
+    """Match words of taps q..q+3 (unsigned q and tap indices ``ti``)."""
+    one = np.uint64(1)
+    two = np.uint64(2)
+    three = np.uint64(3)
+    return (
+        XT[ti[q]] ^ tflip[q],
+        XT[ti[q + one]] ^ tflip[q + one],
+        XT[ti[q + two]] ^ tflip[q + two],
+        XT[ti[q + three]] ^ tflip[q + three],
+    )
+
+
+@njit(cache=True)
+def _words(
+    X, tap_c, tap_w, tap_b, order, depth, kind, ncomp, ptr, tidx, tflip, nbits, B,
+    emode, etv, ow, OB, VS,
+):  # fmt: skip  # pragma: no cover - numba
+    """The kernel of :func:`_tiles` one word (64 positions) at a time, every plane a scalar:
+    for grids of a few words, where per-loop overhead dominates the vector version. Same
+    arithmetic, same outputs (tested equal)."""
+    K = tap_c.shape[0]
+    cout = order.shape[0]
+    nlev = 1
+    lmax = 1
+    for e in range(cout):
+        nlev = max(nlev, depth[e] + 1)
+        lmax = max(lmax, nbits[e])
+    ncol = np.uint64(X.shape[1])
+    Xf = X.reshape(-1)
+    off = np.empty(K, np.uint64)
+    sb = np.empty(K, np.uint64)
+    for k in range(K):
+        off[k] = np.uint64(tap_c[k]) * ncol + np.uint64(tap_w[k])
+        sb[k] = np.uint64(tap_b[k])
+    ti = tidx.astype(np.uint64)  # unsigned indices: no wrap-around checks per tap
+    XT = np.empty(K, np.uint64)
+    V = np.zeros((nlev, B), np.uint64)
+    M = np.zeros(lmax + 4, np.uint64)
+    ones = ~np.uint64(0)
+    one = np.uint64(1)
+    s63 = np.uint64(63)
+    want_bits = OB.shape[0] > 0
+    want_planes = VS.shape[0] > 0
+    for i in range(ow):
+        iu = np.uint64(i)
+        for k in range(K):  # the tap words at word i: (x >> b) | (next << (64 - b)), 0 if b = 0
+            a = off[k] + iu
+            XT[k] = (Xf[a] >> sb[k]) | ((Xf[a + one] << one) << (s63 - sb[k]))
+        for e in range(cout):
+            j = order[e]
+            L = nbits[e]
+            for l in range(L + 1):
+                M[l] = 0
+            q = np.uint64(ptr[e])
+            q1 = np.uint64(ptr[e + 1])
+            o1 = np.uint64(0)
+            o2 = np.uint64(0)
+            o4 = np.uint64(0)
+            o8 = np.uint64(0)
+            while q + 16 <= q1:  # Harley-Seal: ones/twos/fours/eights, ripple the 16s
+                a0, a1, a2, a3 = _match4(XT, ti, tflip, q)
+                tA, o1 = _csa(o1, a0, a1)
+                tB, o1 = _csa(o1, a2, a3)
+                fA, o2 = _csa(o2, tA, tB)
+                a0, a1, a2, a3 = _match4(XT, ti, tflip, q + 4)
+                tA, o1 = _csa(o1, a0, a1)
+                tB, o1 = _csa(o1, a2, a3)
+                fB, o2 = _csa(o2, tA, tB)
+                eA, o4 = _csa(o4, fA, fB)
+                a0, a1, a2, a3 = _match4(XT, ti, tflip, q + 8)
+                tA, o1 = _csa(o1, a0, a1)
+                tB, o1 = _csa(o1, a2, a3)
+                fA, o2 = _csa(o2, tA, tB)
+                a0, a1, a2, a3 = _match4(XT, ti, tflip, q + 12)
+                tA, o1 = _csa(o1, a0, a1)
+                tB, o1 = _csa(o1, a2, a3)
+                fB, o2 = _csa(o2, tA, tB)
+                eB, o4 = _csa(o4, fA, fB)
+                c16, o8 = _csa(o8, eA, eB)
+                _scalar_ripple(M, c16, 4, L)
+                q += np.uint64(16)
+            M[0] = o1
+            M[1] = o2
+            M[2] = o4
+            M[3] = o8
+            while q + 4 <= q1:  # blocks of 4 into ones / twos, ripple the fours
+                a0, a1, a2, a3 = _match4(XT, ti, tflip, q)
+                tA, M[0] = _csa(M[0], a0, a1)
+                tB, M[0] = _csa(M[0], a2, a3)
+                c4, M[1] = _csa(M[1], tA, tB)
+                _scalar_ripple(M, c4, 2, L)
+                q += np.uint64(4)
+            while q < q1:  # single taps: ripple from the ones
+                _scalar_ripple(M, XT[ti[q]] ^ tflip[q], 0, L)
+                q += one
+            dj = depth[e]
+            kd = kind[e]
+            if kd == 0:  # root: v = m
+                for b in range(B):
+                    V[dj, b] = M[b] if b < L else np.uint64(0)
+            else:  # v = src + 2m, src = v_parent or its complement over ncomp planes
+                nc = ncomp[e] if kd == 2 else 0
+                s0 = V[dj - 1, 0]
+                V[dj, 0] = s0 ^ ones if nc > 0 else s0
+                c = np.uint64(0)
+                for b in range(1, B):
+                    sv = V[dj - 1, b] ^ (ones if b < nc else np.uint64(0))
+                    if b - 1 < L:
+                        c, V[dj, b] = _csa(sv, M[b - 1], c)
+                    else:
+                        V[dj, b] = sv ^ c
+                        c = sv & c
+            if want_planes:
+                for b in range(B):
+                    VS[j, b, i] = V[dj, b]
+            if want_bits:
+                md = emode[e]
+                if md == 0:
+                    OB[j, i] = 0
+                elif md == 1:
+                    OB[j, i] = ones
+                else:
+                    T = etv[e]
+                    ge = np.uint64(0)
+                    eq = ones
+                    for bb in range(B):
+                        b = B - 1 - bb
+                        if (T >> np.uint64(b)) & one:
+                            eq &= V[dj, b]
+                        else:
+                            ge |= eq & V[dj, b]
+                    OB[j, i] = ge | eq if md == 2 else ~(ge | eq)
+
+
 @njit(parallel=True, cache=True)
 def _tiles_par(
     X, tap_c, tap_w, tap_b, order, depth, kind, ncomp, ptr, tidx, tflip, nbits, B,
@@ -683,7 +834,9 @@ def run_layer(
         planes.bits, sched._tap_c, tw, tb, sched.order, sched.depth, sched.kind, sched.ncomp,
         sched.ptr, sched.tap_idx, sched.tap_flip, sched.nbits, B, emode, etv, ow,
     )  # fmt: skip
-    if nthreads > 1 and ntiles > 1:
+    if ow <= SMALL_WORDS and ow:  # a few words: one at a time, scalar (one thread)
+        _words(*args, OB, VS)
+    elif nthreads > 1 and ntiles > 1:
         _tiles_par(*args, ntiles, min(ntiles, 4 * nthreads), OB, VS)
     elif ntiles:
         _tiles(*args, 0, ntiles, OB, VS)
