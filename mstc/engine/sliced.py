@@ -671,6 +671,16 @@ def _match4(XT, ti, tflip, q):  # pragma: no cover - numba
     )
 
 
+@njit(cache=True, inline="always")
+def _add4_scalar(XT, ti, tflip, q, o1, o2):  # pragma: no cover - numba
+    """The match words of taps q..q+3 into the ones / twos words: (fours carry, o1, o2)."""
+    a0, a1, a2, a3 = _match4(XT, ti, tflip, q)
+    tA, o1 = _csa(o1, a0, a1)
+    tB, o1 = _csa(o1, a2, a3)
+    c4, o2 = _csa(o2, tA, tB)
+    return c4, o1, o2
+
+
 @njit(cache=True)
 def _words(
     X, tap_c, tap_w, tap_b, order, depth, kind, ncomp, ptr, tidx, tflip, nbits, B,
@@ -699,6 +709,10 @@ def _words(
     M = np.zeros(lmax + 4, np.uint64)
     ones = ~np.uint64(0)
     one = np.uint64(1)
+    u4 = np.uint64(4)
+    u8 = np.uint64(8)
+    u12 = np.uint64(12)
+    u16 = np.uint64(16)
     s63 = np.uint64(63)
     want_bits = OB.shape[0] > 0
     want_planes = VS.shape[0] > 0
@@ -718,39 +732,24 @@ def _words(
             o2 = np.uint64(0)
             o4 = np.uint64(0)
             o8 = np.uint64(0)
-            while q + 16 <= q1:  # Harley-Seal: ones/twos/fours/eights, ripple the 16s
-                a0, a1, a2, a3 = _match4(XT, ti, tflip, q)
-                tA, o1 = _csa(o1, a0, a1)
-                tB, o1 = _csa(o1, a2, a3)
-                fA, o2 = _csa(o2, tA, tB)
-                a0, a1, a2, a3 = _match4(XT, ti, tflip, q + 4)
-                tA, o1 = _csa(o1, a0, a1)
-                tB, o1 = _csa(o1, a2, a3)
-                fB, o2 = _csa(o2, tA, tB)
+            while q + u16 <= q1:  # Harley-Seal: ones/twos/fours/eights, ripple the 16s
+                fA, o1, o2 = _add4_scalar(XT, ti, tflip, q, o1, o2)
+                fB, o1, o2 = _add4_scalar(XT, ti, tflip, q + u4, o1, o2)
                 eA, o4 = _csa(o4, fA, fB)
-                a0, a1, a2, a3 = _match4(XT, ti, tflip, q + 8)
-                tA, o1 = _csa(o1, a0, a1)
-                tB, o1 = _csa(o1, a2, a3)
-                fA, o2 = _csa(o2, tA, tB)
-                a0, a1, a2, a3 = _match4(XT, ti, tflip, q + 12)
-                tA, o1 = _csa(o1, a0, a1)
-                tB, o1 = _csa(o1, a2, a3)
-                fB, o2 = _csa(o2, tA, tB)
+                fA, o1, o2 = _add4_scalar(XT, ti, tflip, q + u8, o1, o2)
+                fB, o1, o2 = _add4_scalar(XT, ti, tflip, q + u12, o1, o2)
                 eB, o4 = _csa(o4, fA, fB)
                 c16, o8 = _csa(o8, eA, eB)
                 _scalar_ripple(M, c16, 4, L)
-                q += np.uint64(16)
+                q += u16
             M[0] = o1
             M[1] = o2
             M[2] = o4
             M[3] = o8
-            while q + 4 <= q1:  # blocks of 4 into ones / twos, ripple the fours
-                a0, a1, a2, a3 = _match4(XT, ti, tflip, q)
-                tA, M[0] = _csa(M[0], a0, a1)
-                tB, M[0] = _csa(M[0], a2, a3)
-                c4, M[1] = _csa(M[1], tA, tB)
+            while q + u4 <= q1:  # blocks of 4 into ones / twos, ripple the fours
+                c4, M[0], M[1] = _add4_scalar(XT, ti, tflip, q, M[0], M[1])
                 _scalar_ripple(M, c4, 2, L)
-                q += np.uint64(4)
+                q += u4
             while q < q1:  # single taps: ripple from the ones
                 _scalar_ripple(M, XT[ti[q]] ^ tflip[q], 0, L)
                 q += one
