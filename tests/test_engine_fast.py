@@ -257,6 +257,27 @@ def test_autotune(monkeypatch):
     assert rt.backend.kernels and rt.fusions
 
 
+def test_fastest_rounds():
+    """fastest(): the cheaper of two callables; short ones get extra timed rounds (3 at least,
+    15 at most, after one untimed round), long ones stop at 3."""
+    from mstc.engine.backend import fastest
+
+    calls = {"slow": 0, "fast": 0}
+
+    def work(name, n):
+        def run():
+            calls[name] += 1
+            sum(range(n))
+
+        return run
+
+    assert fastest({"slow": work("slow", 20000), "fast": work("fast", 200)}, 1) == "fast"
+    assert calls["slow"] == calls["fast"] == 1 + 15  # ~5 ms in all: the round limit stops it
+    calls.update(slow=0, fast=0)
+    assert fastest({"slow": work("slow", 4_000_000), "fast": work("fast", 2_000_000)}, 1) == "fast"
+    assert calls["fast"] == 1 + 3  # 3 timed rounds already spend the 50 ms budget
+
+
 def test_bench_cli_json(capsys):
     """``mstc bench --json``: one object with the documented keys (tiny model, one round)."""
     import json
