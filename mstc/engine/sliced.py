@@ -507,6 +507,17 @@ def _ripple(M, C, l0, L, tw):  # pragma: no cover - numba
             C[i] = x & C[i]
 
 
+@njit(cache=True, inline="always")
+def _levels(depth, nbits):  # pragma: no cover - numba
+    """(tree levels, widest counter of m) of a schedule: the scratch the kernels need."""
+    nlev = 1
+    lmax = 1
+    for e in range(depth.shape[0]):
+        nlev = max(nlev, depth[e] + 1)
+        lmax = max(lmax, nbits[e])
+    return nlev, lmax
+
+
 @njit(cache=True)
 def _tiles(
     X, tap_c, tap_w, tap_b, order, depth, kind, ncomp, ptr, tidx, tflip, nbits, B,
@@ -516,11 +527,7 @@ def _tiles(
     VS[j, b, word] = planes of v_j (if VS.shape[0])."""
     K = tap_c.shape[0]
     cout = order.shape[0]
-    nlev = 1
-    lmax = 1
-    for e in range(cout):
-        nlev = max(nlev, depth[e] + 1)
-        lmax = max(lmax, nbits[e])
+    nlev, lmax = _levels(depth, nbits)
     XT = np.empty((K, TW), np.uint64)
     V = np.zeros((nlev, B, TW), np.uint64)
     M = np.zeros((lmax + 1, TW), np.uint64)
@@ -691,11 +698,7 @@ def _words(
     arithmetic, same outputs (tested equal)."""
     K = tap_c.shape[0]
     cout = order.shape[0]
-    nlev = 1
-    lmax = 1
-    for e in range(cout):
-        nlev = max(nlev, depth[e] + 1)
-        lmax = max(lmax, nbits[e])
+    nlev, lmax = _levels(depth, nbits)
     ncol = np.uint64(X.shape[1])
     Xf = X.reshape(-1)
     off = np.empty(K, np.uint64)
