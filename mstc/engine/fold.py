@@ -100,9 +100,10 @@ def float_threshold_rule(f, cout: int) -> tuple[np.ndarray, np.ndarray] | None:
 
     ``f`` maps float32 (m, cout) -> f_c of each column (the runtime evaluates its own torch
     BatchNorm). For monotone f_c (a BatchNorm is: x * alpha + beta, rounded, with or without fma)
-    the set {x : f_c(x) >= 0} is a half-line; its end is found by bisection over the 2^32 ordered
-    float32 values (32 evaluations), then the rule is checked against f at the infinities, next to
-    the threshold and on random values; any disagreement (a non-monotone f) gives None."""
+    the set {x : f_c(x) >= 0} is a half-line; its end is found by bisection over the ordered
+    float32 values from -max to max (~2^32 of them; 34 halvings), then the rule is checked
+    against f at the infinities, next to the threshold and on random values; any disagreement
+    (a non-monotone f) gives None."""
     fmax = np.float32(np.finfo(np.float32).max)
 
     def g(z: np.ndarray) -> np.ndarray:

@@ -37,7 +37,7 @@ from mstc.engine.packed import (
     check_input,
     conv_geometry,
     linear_as_conv,
-    packed_input,
+    pack_binary_input,
     packed_weights,
     sign_rule,
     xnor_conv,
@@ -317,11 +317,7 @@ class _Input:
             if isinstance(x, BitPlanes):
                 self._packed = planes_to_packed(x)
             else:
-                xf, rule = (x.x, (x.mode, x.t)) if isinstance(x, RuledInput) else (x, None)
-                n, c, h, w = xf.shape
-                ph, pw = self.padding
-                words = empty(self.pool, (n, h + 2 * ph, w + 2 * pw, (c + 63) // 64), np.uint64)
-                self._packed = packed_input(xf, self.padding, self.nthreads, rule, out=words)
+                self._packed = pack_binary_input(x, self.padding, self.nthreads, self.pool)
                 self._pooled = self.pool is not None
         return self._packed
 

@@ -153,6 +153,17 @@ def packed_input(
     return out
 
 
+def pack_binary_input(x, padding: tuple[int, int], nthreads: int = 1, pool=None) -> np.ndarray:
+    """:func:`packed_input` of a binary conv's input -- float NCHW (sign) or a
+    :class:`~mstc.engine.fold.RuledInput` (its rule) -- into an array lent by ``pool``
+    (:class:`~mstc.engine.buffers.BufferPool`; None: a fresh one)."""
+    xf, rule = (x.x, (x.mode, x.t)) if isinstance(x, RuledInput) else (x, None)
+    n, c, h, w = xf.shape
+    ph, pw = padding
+    words = empty(pool, (n, h + 2 * ph, w + 2 * pw, (c + 63) // 64), np.uint64)
+    return packed_input(xf, padding, nthreads, rule, out=words)
+
+
 def packed_weights(bits: np.ndarray, cin: int, kh: int, kw: int) -> np.ndarray:
     """{0,1} weights (Cout, n) in PyTorch tap order -> uint64 ``[ceil(n/64), Cout]``.
 
@@ -412,7 +423,10 @@ class PackedBackend(Backend):
     """Dense XNOR-popcount on bit-packed activations and weights (numba, ``threads`` workers)."""
 
     name = "packed"
+    #: the float ops after a binary layer run as one pass (mstc.engine.epilogue)
     fuses_epilogue = True
+    #: the runtime may hand binary convs a RuledInput (a BatchNorm before them folded away)
+    folds_inputs = True
 
     def __init__(self, compressed, threads: int | None = None) -> None:
         super().__init__(compressed, threads)
@@ -422,9 +436,6 @@ class PackedBackend(Backend):
             cin = layer.cin if layer.kind == "conv2d" else layer.n
             self._w[name] = packed_weights(layer.weight_bits(), cin, kh, kw)
 
-    #: the runtime may hand binary convs a RuledInput (a BatchNorm before them folded away)
-    folds_inputs = True
-
     def _conv(self, layer: BinaryLayerCode, x) -> np.ndarray:
         nthreads = _set_threads(self.threads)
         N = x.shape[0]
@@ -432,10 +443,7 @@ class PackedBackend(Backend):
         out = empty(self.pool, (N, layer.cout, Ho * Wo), np.int32)
         if out.size == 0:
             return out.reshape(N, layer.cout, Ho, Wo)
-        xf, rule = (x.x, (x.mode, x.t)) if isinstance(x, RuledInput) else (x, None)
-        _, C, H, W = xf.shape
-        words = empty(self.pool, (N, H + 2 * ph, W + 2 * pw, (C + 63) // 64), np.uint64)
-        xp = packed_input(xf, (ph, pw), nthreads, rule, out=words)
+        xp = pack_binary_input(x, (ph, pw), nthreads, self.pool)
         geometry = (kh, kw, sh, sw, dh, dw)
         xnor_conv(xp, self._w[layer.name], layer.n, geometry, Ho, Wo, out, nthreads)
         if self.pool is not None:
