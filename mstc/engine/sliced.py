@@ -39,9 +39,9 @@ from mstc.format import BinaryLayerCode
 #: words (of 64 positions) per tile: long enough for the word loops to vectorise (AVX2/AVX-512),
 #: short enough for the tile's tap runs (K x TW words) to stay in L2
 TW = 64
-#: grids of at most this many words (batch 1 on maps up to ~32x32) run the word-at-a-time
+#: grids of at most this many words (batch 1 on padded maps up to ~22x22) run the word-at-a-time
 #: kernel :func:`_words`: with 1-16 words per tap the vector loops of :func:`_tiles` are mostly
-#: loop overhead (3.7-6.5 ns per tap-word at batch 1 against 0.45 ns at batch 32)
+#: loop overhead (benchmarks/sliced_small.py times both kernels per layer)
 SMALL_WORDS = 8
 
 #: emit modes of a channel: constant 0, constant 1, v >= T, v <= T (as NOT v >= T+1)
