@@ -4,7 +4,9 @@ Binary layers go to the chosen backend (integer sums, exact); full-precision ope
 ``torch.nn.functional`` in float32, the same functions the PyTorch model calls, so every float value
 -- in particular every value that a later layer binarises -- is bit-identical to the PyTorch
 model's. (A float re-implementation with another summation order could flip sign() of a value that
-is within rounding of 0 and break the integer contract downstream.)
+is within rounding of 0 and break the integer contract downstream.) The one exception,
+avg_pool2d, runs :mod:`mstc.engine.floatops`: torch's own CPU arithmetic in the same order,
+tested bit-identical.
 
 Fusion. With a backend that sets ``fuses = True`` (the "mst" backend), a chain binary conv ->
 BatchNorm -> [2x2 max pool] -> binary conv whose intermediate values have no other use is run
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 from mstc.engine.backend import fastest, get_backend
 from mstc.engine.buffers import BufferPool
 from mstc.engine.epilogue import affine_form, epilogue
+from mstc.engine.floatops import avg_pool2d, pool_output_size
 from mstc.engine.fold import RuledInput, float_threshold_rule, threshold_rule
 from mstc.format import BinaryLayerCode, CompressedModel, Node
 
@@ -425,6 +428,30 @@ class Runtime:
             return self.backend.conv2d(layer, xin)
         return self.backend.linear(layer, xin)
 
+    def _avg_pool2d(self, x: torch.Tensor, a: dict) -> torch.Tensor:
+        """torch's avg_pool2d; for float32 NCHW inputs :func:`mstc.engine.floatops.avg_pool2d`,
+        the same float operations in the same order (tested bit-identical), ~10x faster."""
+        args = (
+            tuple(a["kernel_size"]),
+            tuple(a["stride"]),
+            tuple(a["padding"]),
+            a["ceil_mode"],
+            a["count_include_pad"],
+            a["divisor_override"],
+        )
+        if x.dtype != torch.float32 or x.dim() != 4 or not x.is_contiguous():
+            return F.avg_pool2d(x, *args)
+        (kh, kw), (sh, sw), (ph, pw) = args[:3]
+        n, c, h, w = x.shape
+        shape = (
+            n,
+            c,
+            pool_output_size(h, kh, sh, ph, a["ceil_mode"]),
+            pool_output_size(w, kw, sw, pw, a["ceil_mode"]),
+        )
+        out = self.pool.empty(shape, np.float32)
+        return torch.from_numpy(avg_pool2d(x.numpy(), *args, out=out))
+
     def _apply(
         self,
         node: Node,
@@ -478,15 +505,7 @@ class Runtime:
                 x, a["kernel_size"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"]
             )
         if op == "avg_pool2d":
-            return F.avg_pool2d(
-                x,
-                a["kernel_size"],
-                a["stride"],
-                a["padding"],
-                a["ceil_mode"],
-                a["count_include_pad"],
-                a["divisor_override"],
-            )
+            return self._avg_pool2d(x, a)
         if op == "adaptive_avg_pool2d":
             return F.adaptive_avg_pool2d(x, a["output_size"])
         if op == "flatten":
