@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import mstc
 from mstc.engine import Runtime, run
 from mstc.engine import packed as packed_mod
-from mstc.engine.epilogue import affine_form, epilogue
+from mstc.engine.epilogue import affine_form, epilogue, shortcut_bn_form
 from mstc.models import create_model
 
 
@@ -129,6 +129,48 @@ def test_affine_form_only_if_exact(with_scale):
     assert affine_form(bad, n, **kw) is None
 
 
+def _bn_params(rng, C):
+    mean = (rng.standard_normal(C) * 5).astype(np.float32)
+    var = (rng.random(C) * 4 + 0.01).astype(np.float32)
+    w = rng.standard_normal(C).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    return dict(mean=mean, var=var, weight=w, bn_bias=b, eps=1e-5)
+
+
+def _torch_bn(p):
+    t = torch.from_numpy
+    args = (t(p["mean"]), t(p["var"]), t(p["weight"]), t(p["bn_bias"]), False, 0.0, p["eps"])
+    return lambda x: F.batch_norm(t(np.ascontiguousarray(x)), *args).numpy()
+
+
+def test_shortcut_bn_form_only_if_exact():
+    """The shortcut BatchNorm's closed form is kept only if it equals torch's BN on the probe,
+    and then the epilogue with the BN inline equals the epilogue of torch's BN output on other
+    data -- the table passes and the fused Bi-Real loop. A BN with two roundings is rejected."""
+    rng = np.random.default_rng(3)
+    C, n = 12, 27
+    p = _bn_params(rng, C)
+    sbn = shortcut_bn_form(_torch_bn(p), **p)
+    invstd = np.float32(1) / np.sqrt(p["var"] + np.float32(p["eps"]))
+    ka = (invstd * p["weight"]).astype(np.float32)[None, :, None, None]
+    kb = (p["bn_bias"] - p["mean"] * ka.reshape(-1)).astype(np.float32)[None, :, None, None]
+    assert shortcut_bn_form(lambda x: (x * ka + kb).astype(np.float32), **p) is None
+    if sbn is None:
+        pytest.skip("torch's BatchNorm has no fma closed form on this build")
+    sums = (2 * rng.integers(0, n + 1, (3, C, 5, 11)) - n).astype(np.int32)
+    z = (rng.standard_normal(sums.shape) * 3).astype(np.float32)
+    z.reshape(-1)[::7] = 0.0
+    alpha = rng.standard_normal(C).astype(np.float32)
+    q = _bn_params(rng, C)  # the binary layer's own BN, as a table and maybe a closed form
+    y = torch.from_numpy((2 * np.arange(n + 1) - n).astype(np.float32)).expand(1, C, 1, n + 1)
+    table = _torch_bn(q)(y.contiguous().numpy()).reshape(C, n + 1)
+    form = affine_form(table, n, scale=None, bias=None, **q)
+    for affine in (None, form):
+        want = epilogue(sums, table, n, _torch_bn(p)(z), alpha, affine=affine)
+        got = epilogue(sums, table, n, z, alpha, affine=affine, shortcut_bn=sbn)
+        np.testing.assert_array_equal(_bits(got), _bits(want))
+
+
 def test_epilogue_bad_shapes():
     sums = np.zeros((2, 3, 4), np.int32)
     with pytest.raises(ValueError, match="table"):
@@ -171,6 +213,10 @@ def test_models_with_epilogues(name, kw, shape, backend, form):
         rt._epilogue_at = {e.at: (k, e) for k, e in rt.epilogues.items() if e.at != k}
     if name.startswith("resnet"):  # Bi-Real: every binary conv's BN feeds an add, then PReLU
         assert all(e.shortcut is not None and e.alpha is not None for e in rt.epilogues.values())
+        # the stem's and the downsampling shortcuts' BatchNorms run inside the epilogues
+        inline = [e for e in rt.epilogues.values() if e.shortcut_bn is not None]
+        stages = {"resnet20": 3, "resnet18_cifar": 4}[name]  # the stem, stages - 1 downsamplings
+        assert len(inline) == (stages if rt.folded_bns else 0)
     else:  # vgg: BN, then a 2x2 max pool after some layers
         assert any(e.pool for e in rt.epilogues.values())
     x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)

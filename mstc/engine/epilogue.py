@@ -34,7 +34,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 #: mode bits of the kernels
-ADD, PRELU, AFFINE, FMA = 1, 2, 4, 8
+ADD, PRELU, AFFINE, FMA, BN_SHORTCUT = 1, 2, 4, 8, 16
 
 
 @intrinsic
@@ -69,10 +69,11 @@ def _f_run(yf, o, tf, t0, n, s, l, ka, kb, mode, P, dst, d):  # pragma: no cover
 
 
 @njit(cache=True)
-def _rows(y, table, coef, n, shortcut, alpha, mode, r0, r1, out):  # pragma: no cover - numba
-    """Rows r = b*C + c in [r0, r1) of (N*C, P) arrays: f, then + shortcut, then PReLU, each a
-    loop over the row (in L1). Flat arrays and unsigned offsets: no per-row views (their cost
-    dominated rows of 64 positions) and no wrap-around checks (the loops vectorise)."""
+def _rows(y, table, coef, n, shortcut, sbn, alpha, mode, r0, r1, out):  # pragma: no cover
+    """Rows r = b*C + c in [r0, r1) of (N*C, P) arrays: f, then + shortcut (with BN_SHORTCUT
+    its BatchNorm first, fma(x, sbn[0, c], sbn[1, c])), then PReLU, each a loop over the row
+    (in L1). Flat arrays and unsigned offsets: no per-row views (their cost dominated rows of 64
+    positions) and no wrap-around checks (the loops vectorise)."""
     C = table.shape[0]
     P = np.uint64(y.shape[1])
     T = np.uint64(table.shape[1])
@@ -84,14 +85,23 @@ def _rows(y, table, coef, n, shortcut, alpha, mode, r0, r1, out):  # pragma: no 
         c = r % C
         o = np.uint64(r) * P
         s, l, ka, kb = coef[0, c], coef[1, c], coef[2, c], coef[3, c]
+        sa, sb = sbn[0, c], sbn[1, c]
         a = alpha[c]
         if mode == AFFINE | FMA | ADD | PRELU:  # the Bi-Real epilogue: one fused loop
             for p in range(P):
                 v = fma32(np.float32(yf[o + p]) * s + l, ka, kb) + sf[o + p]
                 of[o + p] = v if v > 0 else a * v
             continue
+        if mode == AFFINE | FMA | ADD | PRELU | BN_SHORTCUT:  # the same, shortcut BN inline
+            for p in range(P):
+                v = fma32(np.float32(yf[o + p]) * s + l, ka, kb) + fma32(sf[o + p], sa, sb)
+                of[o + p] = v if v > 0 else a * v
+            continue
         _f_run(yf, o, tf, np.uint64(c) * T, n, s, l, ka, kb, mode, P, of, o)
-        if mode & ADD:
+        if mode & BN_SHORTCUT:
+            for p in range(P):
+                of[o + p] = of[o + p] + fma32(sf[o + p], sa, sb)
+        elif mode & ADD:
             for p in range(P):
                 of[o + p] = of[o + p] + sf[o + p]
         if mode & PRELU:
@@ -144,11 +154,12 @@ def _rows_pool(y, table, coef, n, H, W, mode, r0, r1, out):  # pragma: no cover 
 
 
 @njit(parallel=True, cache=True)
-def _rows_par(y, table, coef, n, shortcut, alpha, mode, nchunks, out):  # pragma: no cover
+def _rows_par(y, table, coef, n, shortcut, sbn, alpha, mode, nchunks, out):  # pragma: no cover
     rows = y.shape[0]
     for ch in prange(nchunks):
         r0 = ch * rows // nchunks
-        _rows(y, table, coef, n, shortcut, alpha, mode, r0, (ch + 1) * rows // nchunks, out)
+        r1 = (ch + 1) * rows // nchunks
+        _rows(y, table, coef, n, shortcut, sbn, alpha, mode, r0, r1, out)
 
 
 @njit(parallel=True, cache=True)
@@ -177,6 +188,7 @@ def epilogue(
     *,
     pool: bool = False,
     affine: tuple[np.ndarray, bool] | None = None,
+    shortcut_bn: np.ndarray | None = None,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """float32 ``prelu(f(sums) + shortcut)`` with the shape of ``sums``, or with ``pool`` (no
@@ -185,8 +197,10 @@ def epilogue(
     ``sums``: int32 (N, C, ...) integer sums of a layer with n taps; ``table``: float32 (C, n+1);
     ``shortcut``: float32 of the same shape as ``sums`` or None; ``alpha``: PReLU weights (C,)
     or None (no PReLU); ``affine``: (coefficients (4, C), fma) from :func:`affine_form`, which
-    computes f without the lookup (and equals the table on every sum); ``out``: a float32
-    C-contiguous array of the result's shape to write it into (any content)."""
+    computes f without the lookup (and equals the table on every sum); ``shortcut_bn``: (2, C)
+    float32 (alpha, beta) of a BatchNorm applied to the shortcut first, as ``fma(x, alpha,
+    beta)`` (:func:`shortcut_bn_form`); ``out``: a float32 C-contiguous array of the result's
+    shape to write it into (any content)."""
     N, C = sums.shape[0], sums.shape[1]
     if table.shape != (C, n + 1):
         raise ValueError(f"table shape {table.shape} != ({C}, {n + 1})")
@@ -215,15 +229,21 @@ def epilogue(
             raise ValueError(f"shortcut shape {shortcut.shape} != sums shape {sums.shape}")
         s = np.ascontiguousarray(shortcut, dtype=np.float32).reshape(N * C, -1)
         mode |= ADD
+    sbn = np.zeros((2, C), np.float32)
+    if shortcut_bn is not None:
+        sbn = np.ascontiguousarray(shortcut_bn, dtype=np.float32)
+        if shortcut is None or sbn.shape != (2, C):
+            raise ValueError(f"shortcut_bn needs a shortcut and shape (2, {C}), got {sbn.shape}")
+        mode |= BN_SHORTCUT
     a = np.zeros(C, np.float32)
     if alpha is not None:
         a = np.ascontiguousarray(np.broadcast_to(np.asarray(alpha, np.float32).reshape(-1), (C,)))
         mode |= PRELU
     out = _out(out, sums.shape).reshape(y.shape)
     if nthreads > 1 and N * C > 1:
-        _rows_par(y, t, coef, n, s, a, mode, min(N * C, 4 * nthreads), out)
+        _rows_par(y, t, coef, n, s, sbn, a, mode, min(N * C, 4 * nthreads), out)
     elif out.size:
-        _rows(y, t, coef, n, s, a, mode, 0, N * C, out)
+        _rows(y, t, coef, n, s, sbn, a, mode, 0, N * C, out)
     return out.reshape(sums.shape)
 
 
@@ -270,4 +290,46 @@ def affine_form(
         got = epilogue(sums, table, n, affine=(coef, fma))[0]
         if np.array_equal(got.view(np.uint32), np.asarray(table, f32).view(np.uint32)):
             return coef, fma
+    return None
+
+
+def shortcut_bn_form(
+    batch_norm,
+    *,
+    mean: np.ndarray,
+    var: np.ndarray,
+    weight: np.ndarray | None,
+    bn_bias: np.ndarray | None,
+    eps: float,
+) -> np.ndarray | None:
+    """(2, C) float32 (alpha, beta) such that ``fma(x, alpha_c, beta_c)`` is the BatchNorm of a
+    float shortcut x bit for bit, or None.
+
+    ``batch_norm``: the runtime's own BatchNorm call on a float32 (N, C, H, W) array. Its CPU
+    kernel computes ``x * alpha + beta`` with alpha = invstd * weight and beta = bias - mean *
+    alpha, in float32 with one rounding or two per step depending on how torch was compiled; the
+    candidates for beta are tried with the fused multiply-add that torch 2.13's x86 build uses
+    for the last step, and one is kept only if it matches ``batch_norm`` on every value of a
+    probe with a wide range of magnitudes, odd row lengths and signed zeros (a wrong formula
+    rounds differently on a large share of such values)."""
+    f32 = np.float32
+    mean = np.asarray(mean, f32).reshape(-1)
+    C = mean.shape[0]
+    w = np.ones(C, f32) if weight is None else np.asarray(weight, f32).reshape(C)
+    b = np.zeros(C, f32) if bn_bias is None else np.asarray(bn_bias, f32).reshape(C)
+    invstd = f32(1) / np.sqrt(np.asarray(var, f32).reshape(C) + f32(eps))
+    ka = (invstd * w).astype(f32)
+    rng = np.random.default_rng(0)
+    shape = (2, C, 5, 37)
+    x = rng.standard_normal(shape) * np.exp2(rng.integers(-16, 16, shape))
+    x = x.astype(f32)
+    x[0, :, 0, :3] = [0.0, -0.0, 1.0]
+    want = np.ascontiguousarray(batch_norm(x), dtype=f32).reshape(2, C, -1)
+    xs = x.reshape(2, C, -1)
+    for kb in (_fma_array(-mean, ka, b), (b - mean * ka).astype(f32)):
+        a_ = np.broadcast_to(ka[None, :, None], xs.shape).reshape(-1).copy()
+        b_ = np.broadcast_to(kb[None, :, None], xs.shape).reshape(-1).copy()
+        got = _fma_array(xs.reshape(-1), a_, b_)
+        if np.array_equal(got.view(np.uint32), want.reshape(-1).view(np.uint32)):
+            return np.stack([ka, kb]).astype(f32)
     return None

@@ -23,7 +23,7 @@ reachable sums, evaluated with this runtime's own torch calls and checked before
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from mstc.engine.backend import fastest, get_backend
 from mstc.engine.buffers import BufferPool
-from mstc.engine.epilogue import affine_form, epilogue
+from mstc.engine.epilogue import affine_form, epilogue, shortcut_bn_form
 from mstc.engine.floatops import avg_pool2d, pool_output_size
 from mstc.engine.fold import RuledInput, float_threshold_rule, threshold_rule
 from mstc.format import BinaryLayerCode, CompressedModel, Node
@@ -63,6 +63,7 @@ class Epilogue:
     alpha: np.ndarray | None  # PReLU weights
     pool: bool = False  # a 2x2 max pool after the BatchNorm (then no add, no PReLU)
     affine: tuple[np.ndarray, bool] | None = None  # the table's verified closed form, if any
+    shortcut_bn: np.ndarray | None = None  # (2, C): a BatchNorm applied to the shortcut first
 
 
 def _is_pool2(a: dict) -> bool:
@@ -87,9 +88,6 @@ class Runtime:
         self.pool = BufferPool()
         self.backend.pool = self.pool
         self._params = {k: torch.from_numpy(np.asarray(v)) for k, v in compressed.tensors.items()}
-        self._last_use = {
-            name: i for i, node in enumerate(compressed.nodes) for name in node.inputs
-        }
         self._users: dict[str, list[Node]] = {}
         for node in compressed.nodes:
             for name in node.inputs:
@@ -108,13 +106,26 @@ class Runtime:
         self.plans: dict[tuple[int, ...], frozenset[str]] = {}
         self._tune_plans = bool(self.fusions) and bool(getattr(self.backend, "autotune", False))
         self._tune_plans &= getattr(self.backend, "plane_kernel", None) is None
-        #: add node name -> (binary node name, Epilogue) for the epilogues that include an add
-        self._epilogue_at = {e.at: (k, e) for k, e in self.epilogues.items() if e.at != k}
         #: binary conv node -> (folded BatchNorm node, its input, float rule): a BN between a float
-        #: op and a binary conv is skipped and the conv binarises the BN's input by the rule
+        #: op and binary convs / epilogue adds is skipped; the convs binarise the BN's input by
+        #: the rule, the epilogues apply the BN to it inline (Epilogue.shortcut_bn)
         self.input_folds: dict[str, tuple[str, str, tuple[np.ndarray, np.ndarray]]] = {}
+        #: the BatchNorm nodes skipped that way (and identities between them and an add)
+        self.folded_bns: set[str] = set()
         if getattr(self.backend, "folds_inputs", False):
             self.input_folds = self._plan_input_folds()
+        #: add node name -> (binary node name, Epilogue) for the epilogues that include an add
+        self._epilogue_at = {e.at: (k, e) for k, e in self.epilogues.items() if e.at != k}
+        #: values each node reads: its inputs, plus a folded BatchNorm's input
+        self._reads = {node.name: list(node.inputs) for node in compressed.nodes}
+        for conv, (_, src, _) in self.input_folds.items():
+            self._reads[conv].append(src)
+        for e in self.epilogues.values():
+            if e.shortcut_bn is not None:
+                self._reads[e.at].append(e.shortcut)
+        self._last_use = {
+            name: i for i, node in enumerate(compressed.nodes) for name in self._reads[node.name]
+        }
         self._skips: dict[frozenset[str], set[str]] = {}
 
     def _plan_fusions(self) -> dict[str, Fusion]:
@@ -149,34 +160,91 @@ class Runtime:
         return fusions
 
     def _plan_input_folds(self) -> dict[str, tuple[str, str, tuple[np.ndarray, np.ndarray]]]:
-        """float op -> batch_norm -> binary conv, the BN's output used only by the conv: the BN +
-        sign as a per-channel float threshold (:func:`mstc.engine.fold.float_threshold_rule`,
-        found with this runtime's own torch BatchNorm)."""
+        """float op -> batch_norm whose every user is a binary conv or the add of a binary
+        layer's epilogue (as its shortcut): the BN is skipped. Each conv binarises the BN's input
+        by a per-channel float threshold (:func:`mstc.engine.fold.float_threshold_rule`, found
+        with this runtime's own torch BatchNorm); each epilogue reads the BN's input and applies
+        the BN inline (:func:`mstc.engine.epilogue.shortcut_bn_form`, checked against the same
+        torch call) -- the stem and downsampling BatchNorms of a Bi-Real ResNet."""
         users = self._users
         producer = {node.name: node for node in self.compressed.nodes}
         taken = {n for e in self.epilogues.values() for n in e.skip}
         taken |= {n for f in self.fusions.values() for n in f.skip}
+        adds = {e.at: k for k, e in self.epilogues.items() if e.at != k and k not in self.fusions}
         out = {}
         for bn in self.compressed.nodes:
             u = users.get(bn.name, [])
-            if bn.op != "batch_norm" or bn.name in taken or len(u) != 1:
+            if bn.op != "batch_norm" or bn.name in taken or not u:
                 continue
-            conv = u[0]
             src = producer.get(bn.inputs[0])
-            if conv.op != "binary_conv2d" or src is None or src.op.startswith("binary"):
+            if src is None or src.op.startswith("binary") or len({v.name for v in u}) != len(u):
                 continue
-            cin = self.compressed.layers[conv.attrs["layer"]].cin
+            convs = [v for v in u if v.op == "binary_conv2d"]
+            epis: list[str] = []  # epilogues adding the BN's output (maybe through identities)
+            passed: list[str] = []  # those identity nodes
+            readers = [(v, bn.name) for v in u if v.op != "binary_conv2d"]
+            while readers:
+                v, name = readers.pop()
+                if v.op == "identity" and users.get(v.name):
+                    passed.append(v.name)
+                    readers += [(w, v.name) for w in users[v.name]]
+                elif v.name in adds and self.epilogues[adds[v.name]].shortcut == name:
+                    epis.append(adds[v.name])
+                else:
+                    break
+            else:
+                readers = None
+            if readers is not None or not convs and not epis:
+                continue
+            rule = sbn = None
+            if convs:
+                cins = {self.compressed.layers[c.attrs["layer"]].cin for c in convs}
+                if len(cins) != 1:
+                    continue
+                cin = cins.pop()
 
-            def f(z: np.ndarray, bn=bn, cin=cin) -> np.ndarray:
-                x = torch.from_numpy(np.ascontiguousarray(z.T.reshape(1, cin, 1, -1)))
-                with torch.no_grad():
-                    y = self._apply(bn, [x], {})
-                return y.numpy().reshape(cin, -1).T
+                def f(z: np.ndarray, bn=bn, cin=cin) -> np.ndarray:
+                    x = torch.from_numpy(np.ascontiguousarray(z.T.reshape(1, cin, 1, -1)))
+                    return self._batch_norm(bn, x).reshape(cin, -1).T
 
-            rule = float_threshold_rule(f, cin)
-            if rule is not None:
+                rule = float_threshold_rule(f, cin)
+                if rule is None:
+                    continue
+            if epis:
+                sbn = self._shortcut_bn(bn)
+                if sbn is None:
+                    continue
+            for conv in convs:
                 out[conv.name] = (bn.name, bn.inputs[0], rule)
+            for k in epis:
+                self.epilogues[k] = replace(
+                    self.epilogues[k], shortcut=bn.inputs[0], shortcut_bn=sbn
+                )
+            self.folded_bns |= {bn.name, *passed}
         return out
+
+    def _batch_norm(self, bn: Node, x: torch.Tensor) -> np.ndarray:
+        """The BatchNorm node ``bn`` on ``x`` through this runtime's own torch call."""
+        with torch.no_grad():
+            return self._apply(bn, [x], {}).numpy()
+
+    def _shortcut_bn(self, bn: Node) -> np.ndarray | None:
+        """The (alpha, beta) of :func:`mstc.engine.epilogue.shortcut_bn_form` for node ``bn``."""
+
+        def p(name):
+            t = self._p(bn, name)
+            return None if t is None else t.numpy()
+
+        if p("running_mean") is None or p("running_var") is None:
+            return None
+        return shortcut_bn_form(
+            lambda x: self._batch_norm(bn, torch.from_numpy(x)),
+            mean=p("running_mean"),
+            var=p("running_var"),
+            weight=p("weight"),
+            bn_bias=p("bias"),
+            eps=float(bn.attrs["eps"]),
+        )
 
     def _plan_epilogues(self) -> dict[str, Epilogue]:
         """binary -> batch_norm -> (2x2 max pool | [add] [-> prelu]), intermediates used once."""
@@ -321,7 +389,7 @@ class Runtime:
         skip = self._skips.get(active)
         if skip is None:
             skip = {name for k in active for name in self.fusions[k].skip}
-            skip |= {bn for bn, _, _ in self.input_folds.values()}
+            skip |= self.folded_bns
             skip |= {n for k, e in self.epilogues.items() if k not in active for n in e.skip}
             self._skips[active] = skip
         return skip
@@ -396,7 +464,7 @@ class Runtime:
     def _free(self, node: Node, i: int, values: dict[str, Any]) -> None:
         """Drop the activations whose last use is node i; give their buffers back to the pool
         unless another live value (a view, an identity) still reads the same memory."""
-        for name in node.inputs:
+        for name in self._reads[node.name]:
             if self._last_use[name] == i:
                 v = values.pop(name, None)
                 if isinstance(v, torch.Tensor) and v.numel():
@@ -415,7 +483,16 @@ class Runtime:
         shape = (N, C, s.shape[2] // 2, s.shape[3] // 2) if e.pool else s.shape
         buf = self.pool.empty(shape, np.float32)
         out = epilogue(
-            s, e.table, n, shortcut, e.alpha, nthreads, pool=e.pool, affine=e.affine, out=buf
+            s,
+            e.table,
+            n,
+            shortcut,
+            e.alpha,
+            nthreads,
+            pool=e.pool,
+            affine=e.affine,
+            shortcut_bn=e.shortcut_bn,
+            out=buf,
         )
         return torch.from_numpy(out)
 
