@@ -19,6 +19,12 @@ Epilogues. With a backend that sets ``fuses_epilogue = True`` ("packed", "mst"),
 after any other binary layer -- BatchNorm, then a 2x2 max pool, or in a Bi-Real block the shortcut
 add and PReLU -- run as one pass (:mod:`mstc.engine.epilogue`) from a per-channel table of BN(scale * y) over the n + 1
 reachable sums, evaluated with this runtime's own torch calls and checked before use.
+
+Folded BatchNorms. A BatchNorm after a float op (the stem conv, a downsampling 1x1 conv) whose
+every reader is a binary conv or an epilogue's shortcut add is skipped: the convs binarise its
+input by a per-channel float threshold (:func:`mstc.engine.fold.float_threshold_rule`), the
+epilogues apply it to the shortcut as ``fma(x, alpha, beta)``, a form kept only if it equals this
+runtime's torch BatchNorm on a probe (:func:`mstc.engine.epilogue.shortcut_bn_form`).
 """
 
 from __future__ import annotations
