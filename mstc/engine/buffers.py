@@ -20,41 +20,69 @@ import numpy as np
 
 class BufferPool:
     """Arrays by (shape, dtype): :meth:`empty` lends a free one or allocates, :meth:`give`
-    takes one back for reuse."""
+    takes one back for reuse.
+
+    The pool keeps every array it made (free or lent) and their data addresses, looked up by the
+    array's ``id`` -- a batch-1 pass lends and takes back some fifty arrays, and numpy's
+    ``ctypes.data`` alone costs ~2 us per call."""
 
     def __init__(self) -> None:
         self._free: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
         self._lent: dict[int, np.ndarray] = {}  # data address -> array
+        self._addr: dict[int, int] = {}  # id(array) -> data address, for the pool's arrays
 
     def empty(self, shape: tuple[int, ...], dtype) -> np.ndarray:
         """An uninitialised C-contiguous array of ``shape`` and ``dtype``, lent until given back."""
-        key = (tuple(map(int, shape)), np.dtype(dtype).str)
+        key = (tuple(shape), _char(dtype))
         free = self._free.get(key)
-        a = free.pop() if free else np.empty(key[0], dtype)
+        if free:
+            a = free.pop()
+            self._lent[self._addr[id(a)]] = a
+            return a
+        a = np.empty(key[0], dtype)
         if a.size:
-            self._lent[a.ctypes.data] = a
+            self._addr[id(a)] = address = a.ctypes.data
+            self._lent[address] = a
         return a
 
     def lent(self, address: int) -> bool:
         """Whether the array at data ``address`` is lent by this pool."""
         return address in self._lent
 
+    def _address(self, a: np.ndarray) -> int | None:
+        """The data address of ``a``: cached for the pool's arrays and for contiguous views of
+        one of them that cover it whole (a reshape), else numpy's."""
+        address = self._addr.get(id(a))
+        if address is None:
+            base = a.base
+            address = self._addr.get(id(base)) if base is not None else None
+            if address is not None and not (a.flags.c_contiguous and a.nbytes == base.nbytes):
+                address = None
+            if address is None and a.size:
+                address = a.ctypes.data
+        return address
+
     def give(self, a: np.ndarray) -> None:
         """Take back the lent array behind ``a`` (the array or a view starting at its memory);
         anything else is ignored, so giving twice is harmless."""
-        root = self._lent.pop(a.ctypes.data, None) if a.size else None
+        self.give_address(self._address(a))
+
+    def give_address(self, address: int | None) -> None:
+        """Take back the lent array whose data starts at ``address`` (if any)."""
+        root = self._lent.pop(address, None)
         if root is not None:
-            self._free.setdefault((root.shape, root.dtype.str), []).append(root)
+            self._free.setdefault((root.shape, root.dtype.char), []).append(root)
 
     def forget(self, a: np.ndarray) -> None:
         """Stop tracking the lent array behind ``a``: it now belongs to the caller."""
-        if a.size:
-            self._lent.pop(a.ctypes.data, None)
+        root = self._lent.pop(self._address(a), None)
+        if root is not None:
+            del self._addr[id(root)]
 
     def reclaim(self) -> None:
         """Take back every lent array (the end of a pass: nobody reads them any more)."""
         for a in self._lent.values():
-            self._free.setdefault((a.shape, a.dtype.str), []).append(a)
+            self._free.setdefault((a.shape, a.dtype.char), []).append(a)
         self._lent.clear()
 
     @property
@@ -62,6 +90,17 @@ class BufferPool:
         """Bytes held by the pool: free and lent arrays."""
         free = sum(a.nbytes for arrays in self._free.values() for a in arrays)
         return free + sum(a.nbytes for a in self._lent.values())
+
+
+_CHARS: dict[object, str] = {}
+
+
+def _char(dtype) -> str:
+    """numpy's type character of ``dtype`` (a type, a dtype or a string), cached."""
+    c = _CHARS.get(dtype)
+    if c is None:
+        c = _CHARS[dtype] = np.dtype(dtype).char
+    return c
 
 
 def empty(pool: BufferPool | None, shape: tuple[int, ...], dtype) -> np.ndarray:

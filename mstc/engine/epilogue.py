@@ -178,6 +178,92 @@ def _fma_array(a, b, c):  # pragma: no cover - numba
     return out
 
 
+class EpilogueKernel:
+    """One epilogue's constant arrays (table, closed form, PReLU weights, shortcut BatchNorm),
+    checked and laid out once; calling it runs :func:`epilogue` on a layer's sums. A runtime
+    keeps one per binary layer: at batch 1 the per-call preparation cost as much as the pass."""
+
+    def __init__(
+        self,
+        table: np.ndarray,
+        n: int,
+        alpha: np.ndarray | None = None,
+        *,
+        add: bool = False,
+        pool: bool = False,
+        affine: tuple[np.ndarray, bool] | None = None,
+        shortcut_bn: np.ndarray | None = None,
+    ) -> None:
+        C = table.shape[0]
+        if table.shape != (C, n + 1):
+            raise ValueError(f"table shape {table.shape} != ({C}, {n + 1})")
+        self.n, self.C, self.pool = n, C, pool
+        self.table = np.ascontiguousarray(table, dtype=np.float32)
+        mode = 0
+        self.coef = np.zeros((4, C), np.float32)
+        if affine is not None:
+            self.coef = np.ascontiguousarray(affine[0], dtype=np.float32)
+            if self.coef.shape != (4, C):
+                raise ValueError(f"affine coefficients of shape {self.coef.shape} != (4, {C})")
+            mode |= AFFINE | (FMA if affine[1] else 0)
+        if pool and (add or alpha is not None or shortcut_bn is not None):
+            raise ValueError("pool: sums must be (N, C, H, W), without shortcut or PReLU")
+        if add:
+            mode |= ADD
+        self.sbn = np.zeros((2, C), np.float32)
+        if shortcut_bn is not None:
+            self.sbn = np.ascontiguousarray(shortcut_bn, dtype=np.float32)
+            if not add or self.sbn.shape != (2, C):
+                raise ValueError(
+                    f"shortcut_bn needs a shortcut and shape (2, {C}), got {self.sbn.shape}"
+                )
+            mode |= BN_SHORTCUT
+        self.alpha = np.zeros(C, np.float32)
+        if alpha is not None:
+            a = np.asarray(alpha, np.float32).reshape(-1)
+            self.alpha = np.ascontiguousarray(np.broadcast_to(a, (C,)))
+            mode |= PRELU
+        self.mode = mode
+        self._no_shortcut = np.zeros((1, 1), np.float32)
+
+    def __call__(
+        self,
+        sums: np.ndarray,
+        shortcut: np.ndarray | None = None,
+        nthreads: int = 1,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The epilogue of ``sums`` (and ``shortcut``, iff built with ``add``) into ``out``."""
+        N, C = sums.shape[0], sums.shape[1]
+        if C != self.C:
+            raise ValueError(f"table shape {self.table.shape} != ({C}, {self.n + 1})")
+        if (shortcut is not None) != bool(self.mode & ADD):
+            raise ValueError("shortcut: given iff the epilogue adds one")
+        y = np.ascontiguousarray(sums, dtype=np.int32).reshape(N * C, -1)
+        t, coef, n, mode = self.table, self.coef, self.n, self.mode
+        if self.pool:
+            if sums.ndim != 4:
+                raise ValueError("pool: sums must be (N, C, H, W), without shortcut or PReLU")
+            H, W = sums.shape[2], sums.shape[3]
+            out = _out(out, (N, C, H // 2, W // 2)).reshape(N * C, (H // 2) * (W // 2))
+            if nthreads > 1 and N * C > 1:
+                _pool_par(y, t, coef, n, H, W, mode, min(N * C, 4 * nthreads), out)
+            elif out.size:
+                _rows_pool(y, t, coef, n, H, W, mode, 0, N * C, out)
+            return out.reshape(N, C, H // 2, W // 2)
+        s = self._no_shortcut
+        if shortcut is not None:
+            if shortcut.shape != sums.shape:
+                raise ValueError(f"shortcut shape {shortcut.shape} != sums shape {sums.shape}")
+            s = np.ascontiguousarray(shortcut, dtype=np.float32).reshape(N * C, -1)
+        out = _out(out, sums.shape).reshape(y.shape)
+        if nthreads > 1 and N * C > 1:
+            _rows_par(y, t, coef, n, s, self.sbn, self.alpha, mode, min(N * C, 4 * nthreads), out)
+        elif out.size:
+            _rows(y, t, coef, n, s, self.sbn, self.alpha, mode, 0, N * C, out)
+        return out.reshape(sums.shape)
+
+
 def epilogue(
     sums: np.ndarray,
     table: np.ndarray,
@@ -200,51 +286,19 @@ def epilogue(
     computes f without the lookup (and equals the table on every sum); ``shortcut_bn``: (2, C)
     float32 (alpha, beta) of a BatchNorm applied to the shortcut first, as ``fma(x, alpha,
     beta)`` (:func:`shortcut_bn_form`); ``out``: a float32 C-contiguous array of the result's
-    shape to write it into (any content)."""
-    N, C = sums.shape[0], sums.shape[1]
-    if table.shape != (C, n + 1):
-        raise ValueError(f"table shape {table.shape} != ({C}, {n + 1})")
-    y = np.ascontiguousarray(sums, dtype=np.int32).reshape(N * C, -1)
-    t = np.ascontiguousarray(table, dtype=np.float32)
-    mode = 0
-    coef = np.zeros((4, C), np.float32)
-    if affine is not None:
-        coef = np.ascontiguousarray(affine[0], dtype=np.float32)
-        if coef.shape != (4, C):
-            raise ValueError(f"affine coefficients of shape {coef.shape} != (4, {C})")
-        mode |= AFFINE | (FMA if affine[1] else 0)
-    if pool:
-        if sums.ndim != 4 or shortcut is not None or alpha is not None:
-            raise ValueError("pool: sums must be (N, C, H, W), without shortcut or PReLU")
-        H, W = sums.shape[2], sums.shape[3]
-        out = _out(out, (N, C, H // 2, W // 2)).reshape(N * C, (H // 2) * (W // 2))
-        if nthreads > 1 and N * C > 1:
-            _pool_par(y, t, coef, n, H, W, mode, min(N * C, 4 * nthreads), out)
-        elif out.size:
-            _rows_pool(y, t, coef, n, H, W, mode, 0, N * C, out)
-        return out.reshape(N, C, H // 2, W // 2)
-    s = np.zeros((1, 1), np.float32)
-    if shortcut is not None:
-        if shortcut.shape != sums.shape:
-            raise ValueError(f"shortcut shape {shortcut.shape} != sums shape {sums.shape}")
-        s = np.ascontiguousarray(shortcut, dtype=np.float32).reshape(N * C, -1)
-        mode |= ADD
-    sbn = np.zeros((2, C), np.float32)
-    if shortcut_bn is not None:
-        sbn = np.ascontiguousarray(shortcut_bn, dtype=np.float32)
-        if shortcut is None or sbn.shape != (2, C):
-            raise ValueError(f"shortcut_bn needs a shortcut and shape (2, {C}), got {sbn.shape}")
-        mode |= BN_SHORTCUT
-    a = np.zeros(C, np.float32)
-    if alpha is not None:
-        a = np.ascontiguousarray(np.broadcast_to(np.asarray(alpha, np.float32).reshape(-1), (C,)))
-        mode |= PRELU
-    out = _out(out, sums.shape).reshape(y.shape)
-    if nthreads > 1 and N * C > 1:
-        _rows_par(y, t, coef, n, s, sbn, a, mode, min(N * C, 4 * nthreads), out)
-    elif out.size:
-        _rows(y, t, coef, n, s, sbn, a, mode, 0, N * C, out)
-    return out.reshape(sums.shape)
+    shape to write it into (any content). (:class:`EpilogueKernel` keeps the constant part.)"""
+    if table.shape[0] != sums.shape[1]:
+        raise ValueError(f"table shape {table.shape} != ({sums.shape[1]}, {n + 1})")
+    kernel = EpilogueKernel(
+        table,
+        n,
+        alpha,
+        add=shortcut is not None,
+        pool=pool,
+        affine=affine,
+        shortcut_bn=shortcut_bn,
+    )
+    return kernel(sums, shortcut, nthreads, out)
 
 
 def _out(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:

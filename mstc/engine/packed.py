@@ -111,9 +111,18 @@ def _pack_par(x, ph, pw, nchunks, mode, t, out):  # pragma: no cover - numba
         _pack_rows(x, ph, pw, ch * total // nchunks, (ch + 1) * total // nchunks, mode, t, out)
 
 
+_SIGN_RULES: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
 def sign_rule(c: int) -> tuple[np.ndarray, np.ndarray]:
-    """The rule of plain sign() (bit = x >= 0) for c channels, as (mode, t)."""
-    return np.full(c, GE, np.int8), np.zeros(c, np.float32)
+    """The rule of plain sign() (bit = x >= 0) for c channels, as (mode, t) (read-only arrays,
+    made once per c)."""
+    rule = _SIGN_RULES.get(c)
+    if rule is None:
+        mode, t = np.full(c, GE, np.int8), np.zeros(c, np.float32)
+        mode.flags.writeable = t.flags.writeable = False
+        rule = _SIGN_RULES[c] = (mode, t)
+    return rule
 
 
 def packed_input(
@@ -434,7 +443,10 @@ class PackedBackend(Backend):
         for name, layer in compressed.layers.items():
             kh, kw = layer.kernel_size
             cin = layer.cin if layer.kind == "conv2d" else layer.n
-            self._w[name] = packed_weights(layer.weight_bits(), cin, kh, kw)
+            wT = packed_weights(layer.weight_bits(), cin, kh, kw)
+            if wT.shape[0] < 4:  # xnor_conv's 4-word path: zero words, padded once here
+                wT = np.concatenate([wT, np.zeros((4 - wT.shape[0], wT.shape[1]), np.uint64)])
+            self._w[name] = wT
 
     def _conv(self, layer: BinaryLayerCode, x) -> np.ndarray:
         nthreads = _set_threads(self.threads)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from mstc.engine.backend import fastest, get_backend
 from mstc.engine.buffers import BufferPool
-from mstc.engine.epilogue import affine_form, epilogue, shortcut_bn_form
+from mstc.engine.epilogue import EpilogueKernel, affine_form, shortcut_bn_form
 from mstc.engine.floatops import avg_pool2d, pool_output_size
 from mstc.engine.fold import RuledInput, float_threshold_rule, threshold_rule
 from mstc.format import BinaryLayerCode, CompressedModel, Node
@@ -133,6 +133,8 @@ class Runtime:
             name: i for i, node in enumerate(compressed.nodes) for name in self._reads[node.name]
         }
         self._skips: dict[frozenset[str], set[str]] = {}
+        #: Epilogue.at -> (the Epilogue, its kernel with the constant arrays prepared)
+        self._epilogue_kernels: dict[str, tuple[Epilogue, EpilogueKernel]] = {}
 
     def _plan_fusions(self) -> dict[str, Fusion]:
         nodes = self.compressed.nodes
@@ -479,28 +481,26 @@ class Runtime:
                         isinstance(w, torch.Tensor) and w.untyped_storage().data_ptr() == address
                         for w in values.values()
                     ):
-                        self.pool.give(v.numpy())
+                        self.pool.give_address(address)
 
     def _run_epilogue(self, e: Epilogue, s: np.ndarray, shortcut: np.ndarray | None):
-        n = e.table.shape[1] - 1
+        spec, kernel = self._epilogue_kernels.get(e.at, (None, None))
+        if spec is not e:  # first use, or the epilogue was replaced
+            kernel = EpilogueKernel(
+                e.table,
+                e.table.shape[1] - 1,
+                e.alpha,
+                add=e.shortcut is not None,
+                pool=e.pool,
+                affine=e.affine,
+                shortcut_bn=e.shortcut_bn,
+            )
+            self._epilogue_kernels[e.at] = (e, kernel)
         t = self.backend.threads
-        nthreads = t if t else 1
         N, C = s.shape[:2]
         shape = (N, C, s.shape[2] // 2, s.shape[3] // 2) if e.pool else s.shape
         buf = self.pool.empty(shape, np.float32)
-        out = epilogue(
-            s,
-            e.table,
-            n,
-            shortcut,
-            e.alpha,
-            nthreads,
-            pool=e.pool,
-            affine=e.affine,
-            shortcut_bn=e.shortcut_bn,
-            out=buf,
-        )
-        return torch.from_numpy(out)
+        return torch.from_numpy(kernel(s, shortcut, t if t else 1, out=buf))
 
     def _binary_sums(self, node: Node, xin) -> np.ndarray:
         """int32 sums of a binary layer from the backend."""
