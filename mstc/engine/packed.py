@@ -111,6 +111,26 @@ def _pack_par(x, ph, pw, nchunks, mode, t, out):  # pragma: no cover - numba
         _pack_rows(x, ph, pw, ch * total // nchunks, (ch + 1) * total // nchunks, mode, t, out)
 
 
+@njit(cache=True)
+def _zero_border(out, ph, pw, h, w):  # pragma: no cover - numba
+    """Zero the padding of ``out`` [N, h+2ph, w+2pw, CW] (rows above/below, columns left/right):
+    one call instead of four numpy slice assignments."""
+    N, Hp, Wp, CW = out.shape
+    for n in range(N):
+        for r in range(Hp):
+            if r < ph or r >= h + ph:
+                for c in range(Wp):
+                    for k in range(CW):
+                        out[n, r, c, k] = 0
+            else:
+                for c in range(pw):
+                    for k in range(CW):
+                        out[n, r, c, k] = 0
+                for c in range(w + pw, Wp):
+                    for k in range(CW):
+                        out[n, r, c, k] = 0
+
+
 _SIGN_RULES: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
@@ -148,10 +168,7 @@ def packed_input(
             raise ValueError(
                 f"out must be C-contiguous uint64 {shape}, got {out.dtype} {out.shape}"
             )
-        out[:, :ph] = 0
-        out[:, h + ph :] = 0
-        out[:, :, :pw] = 0
-        out[:, :, w + pw :] = 0
+        _zero_border(out, ph, pw, h, w)
     if x.size:
         if nthreads > 1 and n * h > 1:
             _pack_par(x, ph, pw, min(2 * nthreads, n * h), mode, t, out)

@@ -122,16 +122,18 @@ class Runtime:
             self.input_folds = self._plan_input_folds()
         #: add node name -> (binary node name, Epilogue) for the epilogues that include an add
         self._epilogue_at = {e.at: (k, e) for k, e in self.epilogues.items() if e.at != k}
-        #: values each node reads: its inputs, plus a folded BatchNorm's input
-        self._reads = {node.name: list(node.inputs) for node in compressed.nodes}
+        # values each node reads: its inputs, plus a folded BatchNorm's input
+        reads = {node.name: list(node.inputs) for node in compressed.nodes}
         for conv, (_, src, _) in self.input_folds.items():
-            self._reads[conv].append(src)
+            reads[conv].append(src)
         for e in self.epilogues.values():
             if e.shortcut_bn is not None:
-                self._reads[e.at].append(e.shortcut)
-        self._last_use = {
-            name: i for i, node in enumerate(compressed.nodes) for name in self._reads[node.name]
-        }
+                reads[e.at].append(e.shortcut)
+        last_use = {name: i for i, node in enumerate(compressed.nodes) for name in reads[node.name]}
+        #: node index -> the values it reads last (dropped after it)
+        self._drops: dict[int, list[str]] = {}
+        for name, i in last_use.items():
+            self._drops.setdefault(i, []).append(name)
         self._skips: dict[frozenset[str], set[str]] = {}
         #: Epilogue.at -> (the Epilogue, its kernel with the constant arrays prepared)
         self._epilogue_kernels: dict[str, tuple[Epilogue, EpilogueKernel]] = {}
@@ -472,16 +474,15 @@ class Runtime:
     def _free(self, node: Node, i: int, values: dict[str, Any]) -> None:
         """Drop the activations whose last use is node i; give their buffers back to the pool
         unless another live value (a view, an identity) still reads the same memory."""
-        for name in self._reads[node.name]:
-            if self._last_use[name] == i:
-                v = values.pop(name, None)
-                if isinstance(v, torch.Tensor) and v.numel():
-                    address = v.untyped_storage().data_ptr()
-                    if self.pool.lent(address) and not any(
-                        isinstance(w, torch.Tensor) and w.untyped_storage().data_ptr() == address
-                        for w in values.values()
-                    ):
-                        self.pool.give_address(address)
+        for name in self._drops.get(i, ()):
+            v = values.pop(name, None)
+            if isinstance(v, torch.Tensor) and v.numel():
+                address = v.untyped_storage().data_ptr()
+                if self.pool.lent(address) and not any(
+                    isinstance(w, torch.Tensor) and w.untyped_storage().data_ptr() == address
+                    for w in values.values()
+                ):
+                    self.pool.give_address(address)
 
     def _run_epilogue(self, e: Epilogue, s: np.ndarray, shortcut: np.ndarray | None):
         spec, kernel = self._epilogue_kernels.get(e.at, (None, None))
