@@ -21,9 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mstc
+from mstc.bench import cluster_weights
 from mstc.engine import Runtime, run
 from mstc.engine import packed as packed_mod
-from mstc.engine.epilogue import affine_form, epilogue, shortcut_bn_form
+from mstc.engine.epilogue import EpilogueKernel, affine_form, epilogue, shortcut_bn_form
 from mstc.models import create_model
 
 
@@ -195,6 +196,7 @@ def _randomise_float_parts(model: torch.nn.Module, seed: int) -> None:
     "name,kw,shape",
     [
         ("resnet20", dict(width=0.3), (3, 3, 16, 16)),
+        ("resnet20", dict(width=0.5, cluster=True), (2, 3, 12, 12)),  # tree layers in "mst"
         ("resnet18_cifar", dict(width=0.1), (2, 3, 12, 12)),
         ("vgg_small", dict(width=0.1, image_size=16), (2, 3, 16, 16)),
     ],
@@ -203,10 +205,16 @@ def _randomise_float_parts(model: torch.nn.Module, seed: int) -> None:
 @pytest.mark.parametrize("form", ["as planned", "table only"])
 def test_models_with_epilogues(name, kw, shape, backend, form):
     torch.manual_seed(0)
+    kw = dict(kw)
+    cluster = kw.pop("cluster", False)
     model = create_model(name, **kw).eval()
+    if cluster:
+        cluster_weights(model, centres=2, flip=0.01, seed=0)
     _randomise_float_parts(model, 1)
     cm = mstc.compress(model, input_shape=shape[1:])
     rt = Runtime(cm, backend, threads=1)
+    if cluster and backend == "mst":  # the tree kernel on every layer, then the epilogue
+        rt.backend.autotune = False
     assert rt.epilogues, "no epilogue planned"
     if form == "table only":  # the lookup path, also where no closed form was verified
         rt.epilogues = {k: dataclasses.replace(e, affine=None) for k, e in rt.epilogues.items()}
@@ -228,6 +236,13 @@ def test_models_with_epilogues(name, kw, shape, backend, form):
         for k in ref:
             np.testing.assert_array_equal(sums[k], ref[k], err_msg=k)
         np.testing.assert_array_equal(_bits(logits), _bits(ref_logits))
+        # without sums asked for, the XNOR kernel may apply Bi-Real epilogues itself
+        np.testing.assert_array_equal(_bits(rt.run(xi)), _bits(ref_logits))
+    fused = [k for k, e in rt.epilogues.items() if rt._fuses_into_conv(rt._nodes[k], e)]
+    if backend == "packed" and form == "as planned" and name.startswith("resnet"):
+        assert fused or all(e.affine is None for e in rt.epilogues.values())
+    if form == "table only":
+        assert not fused
 
 
 @pytest.mark.parametrize("tile_words", [1, 7, 50])
@@ -272,3 +287,44 @@ def test_plan_choice_fused_and_unfused():
             if want_sums:
                 for k in ref:
                     np.testing.assert_array_equal(got[1][k], ref[k], err_msg=f"{plan} {k}")
+
+
+@pytest.mark.parametrize("cin,cout", [(16, 5), (32, 7), (3, 4)])  # 4-word path, accumulator
+@pytest.mark.parametrize("with_bn", [False, True])
+def test_xnor_conv_fused_epilogue(cin, cout, with_bn):
+    """xnor_conv with a Bi-Real epilogue inside == xnor_conv then the epilogue, bit for bit,
+    with exact zeros before PReLU (shortcut = -f(sum) at every third position)."""
+    rng = np.random.default_rng(cin * 10 + cout)
+    N, H, W, n = 2, 5, 7, cin * 9
+    x = rng.standard_normal((N, cin, H, W)).astype(np.float32)
+    bits = rng.integers(0, 2, (cout, n)).astype(np.uint8)
+    wT = packed_mod.packed_weights(bits, cin, 3, 3)
+    if wT.shape[0] < 4:
+        wT = np.concatenate([wT, np.zeros((4 - wT.shape[0], cout), np.uint64)])
+    xp = packed_mod.packed_input(x, (1, 1))
+    sums = np.empty((N, cout, H * W), np.int32)
+    packed_mod.xnor_conv(xp, wT, n, (3, 3, 1, 1, 1, 1), H, W, sums)
+    q = _bn_params(rng, cout)
+    y = torch.from_numpy((2 * np.arange(n + 1) - n).astype(np.float32)).expand(1, cout, 1, n + 1)
+    table = _torch_bn(q)(y.contiguous().numpy()).reshape(cout, n + 1)
+    form = affine_form(table, n, scale=None, bias=None, **q)
+    p = _bn_params(rng, cout)
+    sbn = shortcut_bn_form(_torch_bn(p), **p) if with_bn else None
+    if form is None or not form[1] or (with_bn and sbn is None):
+        pytest.skip("no fma closed form of torch's BatchNorm on this build")
+    alpha = rng.standard_normal(cout).astype(np.float32)
+    alpha[0] = 0.0
+    kernel = EpilogueKernel(table, n, alpha, add=True, affine=form, shortcut_bn=sbn)
+    assert kernel.fuses_into_xnor
+    f = epilogue(sums, table, n)  # f(sum) alone, to place exact zeros
+    shortcut = rng.standard_normal(sums.shape).astype(np.float32)
+    if not with_bn:
+        shortcut.reshape(-1)[::3] = -f.reshape(-1)[::3]
+    want = kernel(sums, shortcut)
+    got = np.empty(sums.shape, np.float32)
+    packed_mod.xnor_conv(
+        xp, wT, n, (3, 3, 1, 1, 1, 1), H, W, got, 1, kernel.xnor_args(shortcut)
+    )  # fmt: skip
+    np.testing.assert_array_equal(_bits(got), _bits(want))
+    if not with_bn:
+        assert (want == 0).any()

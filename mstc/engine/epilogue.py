@@ -225,6 +225,23 @@ class EpilogueKernel:
             mode |= PRELU
         self.mode = mode
         self._no_shortcut = np.zeros((1, 1), np.float32)
+        #: a shortcut BatchNorm that changes nothing: fma(x, 1, -0.0) == x for every x (-0 too)
+        self._identity_bn = np.stack([np.ones(C), np.full(C, -0.0)]).astype(np.float32)
+
+    @property
+    def fuses_into_xnor(self) -> bool:
+        """Whether the XNOR kernel can apply this epilogue as it counts
+        (:func:`mstc.engine.packed.xnor_conv`): the Bi-Real form with a verified fma closed form,
+        a shortcut (with or without its BatchNorm) and PReLU."""
+        return self.mode | BN_SHORTCUT == AFFINE | FMA | ADD | PRELU | BN_SHORTCUT
+
+    def xnor_args(self, shortcut: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``xnor_conv``'s epilogue argument for float32 ``shortcut`` (N, C, H, W)."""
+        if not self.fuses_into_xnor:
+            raise ValueError("this epilogue does not fuse into the XNOR kernel")
+        sbn = self.sbn if self.mode & BN_SHORTCUT else self._identity_bn
+        sc = np.ascontiguousarray(shortcut, dtype=np.float32)
+        return self.coef, sbn, self.alpha, sc.reshape(sc.shape[0], sc.shape[1], -1)
 
     def __call__(
         self,

@@ -465,6 +465,35 @@ class MSTBackend(Backend):
         inp.release()
         return out.reshape(N, layer.cout, Ho, Wo)
 
+    def conv2d_epilogue(self, layer: BinaryLayerCode, x, kernel, shortcut) -> np.ndarray:
+        """float32 ``kernel(conv2d(layer, x), shortcut)`` (an
+        :class:`~mstc.engine.epilogue.EpilogueKernel` that ``fuses_into_xnor``): inside the XNOR
+        kernel where this layer runs XNOR on every channel, else after the tree kernel."""
+        x = check_input(layer, x)
+        sched = self.schedules[layer.name]
+        xnor = len(sched.ch_j) == 0 or self.kernels.get((layer.name, tuple(x.shape))) == "xnor"
+        if not xnor:
+            s = self._conv(layer, x)
+            out = kernel(
+                s, shortcut, _set_threads(self.threads), out=empty(self.pool, s.shape, np.float32)
+            )
+            if self.pool is not None:
+                self.pool.give(s)
+            return out
+        nthreads = _set_threads(self.threads)
+        kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = conv_geometry(layer, x.shape)
+        out = empty(self.pool, (x.shape[0], layer.cout, Ho * Wo), np.float32)
+        if out.size:
+            args = kernel.xnor_args(shortcut)
+            if args[3].shape != out.shape:
+                raise ValueError(f"shortcut of shape {args[3].shape}, sums {out.shape}")
+            inp = _Input(x, (ph, pw), nthreads, self.pool)
+            wT = sched.wTd if len(sched.ch_j) == 0 else self._full_weights(layer)
+            geometry = (kh, kw, sh, sw, dh, dw)
+            xnor_conv(inp.packed(), wT, layer.n, geometry, Ho, Wo, out, nthreads, args)
+            inp.release()
+        return out.reshape(x.shape[0], layer.cout, Ho, Wo)
+
     def _tune(self, layer, sched, inp, geom, out, nthreads) -> str:
         return fastest(
             {

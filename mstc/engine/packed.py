@@ -23,6 +23,7 @@ from numba.extending import intrinsic
 from mstc.bitpack import pack_words
 from mstc.engine.backend import Backend, register_backend
 from mstc.engine.buffers import empty
+from mstc.engine.epilogue import fma32
 from mstc.engine.fold import CONST1, GE, LE, RuledInput
 from mstc.format import BinaryLayerCode
 
@@ -291,8 +292,25 @@ def _gather_tile(
                             dst[q + wo] |= xf[base + wo * step] << s
 
 
+@njit(cache=True, inline="always")
+def _epi_row(acc, q, q0, n, epi, b, c, dst, obase, L):  # pragma: no cover - numba
+    """dst[obase + p] = the Bi-Real epilogue (mstc.engine.epilogue, mode AFFINE | FMA | ADD |
+    PRELU | BN_SHORTCUT) of channel c's sum n - 2*acc[q, q0 + p], for p < L:
+    prelu(fma(y*s + l, ka, kb) + fma(shortcut, sa, sb)); per-channel constants hoisted, so the
+    loop vectorises."""
+    coef, sbn, alpha, sc = epi
+    s, l, ka, kb = coef[0, c], coef[1, c], coef[2, c], coef[3, c]
+    sa, sb, a = sbn[0, c], sbn[1, c], alpha[c]
+    src = sc[b, c]
+    n32 = np.int32(n)
+    for p in range(L):
+        y = np.float32(n32 - np.int32(2) * np.int32(acc[q, q0 + p]))
+        v = fma32(y * s + l, ka, kb) + fma32(src[obase + p], sa, sb)
+        dst[obase + p] = v if v > 0 else a * v
+
+
 @njit(cache=True)
-def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out):  # pragma: no cover
+def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out, epi):  # pragma: no cover
     """Units [u0, u1) of R output rows each; rows are flattened over (batch, Ho).
 
     Per unit the patches of its P = rows * Wo positions are gathered into a tile [KW, P]
@@ -300,7 +318,10 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out):  # pr
     output channels j at a time ``acc[j, p] += popcount(tile[t, p] XOR wT[t, j])`` runs over the
     positions (vectorised with vpopcnt), and out[b, j, ho*Wo + wo] = n - 2*acc, written in runs of
     whole rows of one image (contiguous in both). Patches of 4 words (the caller pads shorter
-    ones with zero words) skip the accumulator: each channel's 4 popcounts go straight to out."""
+    ones with zero words) skip the accumulator: each channel's 4 popcounts go straight to out.
+
+    ``epi``: None, or (coef, sbn, alpha, shortcut) of a Bi-Real epilogue (:func:`_epi_row`), whose
+    float32 result is written to ``out`` instead of the sums (which then never reach memory)."""
     KW = wT.shape[0]
     Cout = wT.shape[1]
     Hp, Wp, CW = xp.shape[1], xp.shape[2], xp.shape[3]
@@ -339,25 +360,35 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out):  # pr
                 if KW == 4:
                     w0, w1, w2, w3 = wT[0, j0], wT[1, j0], wT[2, j0], wT[3, j0]
                     dst = out[b, j0]
-                    for p in range(L):
-                        m = popc(tile[0, q0 + p] ^ w0) + popc(tile[1, q0 + p] ^ w1)
-                        m += popc(tile[2, q0 + p] ^ w2) + popc(tile[3, q0 + p] ^ w3)
-                        dst[obase + p] = n - 2 * np.int64(m)
+                    if epi is None:
+                        for p in range(L):
+                            m = popc(tile[0, q0 + p] ^ w0) + popc(tile[1, q0 + p] ^ w1)
+                            m += popc(tile[2, q0 + p] ^ w2) + popc(tile[3, q0 + p] ^ w3)
+                            dst[obase + p] = n - 2 * np.int64(m)
+                    else:  # the counts into acc (in L1), then the epilogue's loop
+                        for p in range(L):
+                            m = popc(tile[0, q0 + p] ^ w0) + popc(tile[1, q0 + p] ^ w1)
+                            m += popc(tile[2, q0 + p] ^ w2) + popc(tile[3, q0 + p] ^ w3)
+                            acc[0, q0 + p] = m
+                        _epi_row(acc, 0, q0, n, epi, b, j0, dst, obase, L)
                 else:
                     for q in range(nj):
                         dst = out[b, j0 + q]
-                        for p in range(L):
-                            dst[obase + p] = n - 2 * np.int64(acc[q, q0 + p])
+                        if epi is None:
+                            for p in range(L):
+                                dst[obase + p] = n - 2 * np.int64(acc[q, q0 + p])
+                        else:
+                            _epi_row(acc, q, q0, n, epi, b, j0 + q, dst, obase, L)
                 r += seg
 
 
 @njit(parallel=True, cache=True)
-def _xnor_par(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, nchunks, out):  # pragma: no cover
+def _xnor_par(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, nchunks, out, epi):  # pragma: no cover
     units = (out.shape[0] * Ho + R - 1) // R
     for ch in prange(nchunks):
         u0 = ch * units // nchunks
         u1 = (ch + 1) * units // nchunks
-        _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out)
+        _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out, epi)
 
 
 def xnor_conv(
@@ -369,12 +400,16 @@ def xnor_conv(
     Wo: int,
     out: np.ndarray,
     nthreads: int = 1,
+    epilogue: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """Dense XNOR-popcount conv into ``out`` int32 [N, Cout, Ho*Wo]:
     ``out[b, j, p] = n - 2 * sum_t popcount(patch_t(b, p) XOR wT[t, j])``.
 
     ``xp`` from :func:`packed_input`, ``wT`` from :func:`packed_weights`, geometry
-    (kh, kw, sh, sw, dh, dw). One thread runs serially (no thread pool is started)."""
+    (kh, kw, sh, sw, dh, dw). One thread runs serially (no thread pool is started).
+    ``epilogue``: (coef, sbn, alpha, shortcut [N, Cout, Ho*Wo]) of
+    :meth:`mstc.engine.epilogue.EpilogueKernel.xnor_args`: ``out`` is then float32 and receives
+    the Bi-Real epilogue of the sums, computed as they are counted."""
     KW = wT.shape[0]
     if KW < 4:  # zero words (popcount 0 against the zero tile rows): the direct 4-word path
         wT = np.concatenate([wT, np.zeros((4 - KW, wT.shape[1]), np.uint64)])
@@ -382,9 +417,9 @@ def xnor_conv(
     R = max(1, (TILE_WORDS // KW) // Wo)  # rows per unit: the [KW, R*Wo] tile stays in L1/L2
     units = (out.shape[0] * Ho + R - 1) // R
     if nthreads > 1 and units > 1:
-        _xnor_par(xp, wT, n, *geometry, Ho, Wo, R, min(units, 4 * nthreads), out)
+        _xnor_par(xp, wT, n, *geometry, Ho, Wo, R, min(units, 4 * nthreads), out, epilogue)
     else:
-        _xnor_rows(xp, wT, n, *geometry, Ho, Wo, R, 0, units, out)
+        _xnor_rows(xp, wT, n, *geometry, Ho, Wo, R, 0, units, out, epilogue)
 
 
 def _set_threads(threads: int | None) -> int:
@@ -465,22 +500,33 @@ class PackedBackend(Backend):
                 wT = np.concatenate([wT, np.zeros((4 - wT.shape[0], wT.shape[1]), np.uint64)])
             self._w[name] = wT
 
-    def _conv(self, layer: BinaryLayerCode, x) -> np.ndarray:
+    def _conv(self, layer: BinaryLayerCode, x, epilogue=None) -> np.ndarray:
         nthreads = _set_threads(self.threads)
         N = x.shape[0]
         kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = conv_geometry(layer, x.shape)
-        out = empty(self.pool, (N, layer.cout, Ho * Wo), np.int32)
+        dtype = np.int32 if epilogue is None else np.float32
+        out = empty(self.pool, (N, layer.cout, Ho * Wo), dtype)
         if out.size == 0:
             return out.reshape(N, layer.cout, Ho, Wo)
         xp = pack_binary_input(x, (ph, pw), nthreads, self.pool)
         geometry = (kh, kw, sh, sw, dh, dw)
-        xnor_conv(xp, self._w[layer.name], layer.n, geometry, Ho, Wo, out, nthreads)
+        if epilogue is not None:
+            epilogue = epilogue[0].xnor_args(epilogue[1])
+            if epilogue[3].shape != out.shape:
+                raise ValueError(f"shortcut of shape {epilogue[3].shape}, sums {out.shape}")
+        xnor_conv(xp, self._w[layer.name], layer.n, geometry, Ho, Wo, out, nthreads, epilogue)
         if self.pool is not None:
             self.pool.give(xp)
         return out.reshape(N, layer.cout, Ho, Wo)
 
     def conv2d(self, layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
         return self._conv(layer, check_input(layer, x))
+
+    def conv2d_epilogue(self, layer: BinaryLayerCode, x, kernel, shortcut) -> np.ndarray:
+        """float32 ``kernel(conv2d(layer, x), shortcut)`` for an
+        :class:`~mstc.engine.epilogue.EpilogueKernel` that ``fuses_into_xnor``: the epilogue
+        is applied inside the XNOR kernel, so the integer sums never reach memory."""
+        return self._conv(layer, check_input(layer, x), (kernel, shortcut))
 
     def linear(self, layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
         return self._conv(layer, linear_as_conv(layer, x)).reshape(x.shape[0], layer.cout)

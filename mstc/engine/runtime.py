@@ -126,9 +126,12 @@ class Runtime:
         reads = {node.name: list(node.inputs) for node in compressed.nodes}
         for conv, (_, src, _) in self.input_folds.items():
             reads[conv].append(src)
-        for e in self.epilogues.values():
+        for k, e in self.epilogues.items():
             if e.shortcut_bn is not None:
                 reads[e.at].append(e.shortcut)
+            if e.at != k:  # the conv may run at its add (_fuses_into_conv): keep its input
+                reads[e.at] += reads[k]
+        self._nodes = {node.name: node for node in compressed.nodes}
         last_use = {name: i for i, node in enumerate(compressed.nodes) for name in reads[node.name]}
         #: node index -> the values it reads last (dropped after it)
         self._drops: dict[int, list[str]] = {}
@@ -418,6 +421,7 @@ class Runtime:
         values: dict[str, Any] = {}
         sums: dict[str, np.ndarray] = {}
         pending: dict[str, np.ndarray] = {}  # sums waiting for their epilogue's add
+        deferred: dict[str, Any] = {}  # inputs of convs run at their add, epilogue inside
         out: torch.Tensor | None = None
         skip = self._skip_for(active)
         with torch.no_grad():
@@ -427,10 +431,20 @@ class Runtime:
                 if node.name in self._epilogue_at:  # the add of a binary layer's epilogue
                     producer, e = self._epilogue_at[node.name]
                     shortcut = np.ascontiguousarray(values[e.shortcut].numpy())
-                    s = pending.pop(producer)
-                    values[e.output] = self._run_epilogue(e, s, shortcut)
-                    if not return_sums:
-                        self.pool.give(s)
+                    if producer in deferred:  # the conv itself, its epilogue fused in
+                        layer = self.compressed.layers[self._nodes[producer].attrs["layer"]]
+                        xin = deferred.pop(producer)
+                        if isinstance(xin, torch.Tensor):
+                            xin = np.ascontiguousarray(xin.numpy())
+                        y = self.backend.conv2d_epilogue(
+                            layer, xin, self._epilogue_kernel(e), shortcut
+                        )
+                        values[e.output] = torch.from_numpy(y)
+                    else:
+                        s = pending.pop(producer)
+                        values[e.output] = self._run_epilogue(e, s, shortcut)
+                        if not return_sums:
+                            self.pool.give(s)
                     self._free(node, i, values)
                     continue
                 fold = self.input_folds.get(node.name)
@@ -449,6 +463,8 @@ class Runtime:
                     values[f.output] = planes
                     if s is not None:
                         sums[layer.name] = s
+                elif e is not None and not return_sums and self._fuses_into_conv(node, e):
+                    deferred[node.name] = args[0]  # run at the add, once the shortcut exists
                 elif e is not None:
                     s = self._binary_sums(node, args[0])
                     if return_sums:
@@ -484,9 +500,10 @@ class Runtime:
                 ):
                     self.pool.give_address(address)
 
-    def _run_epilogue(self, e: Epilogue, s: np.ndarray, shortcut: np.ndarray | None):
+    def _epilogue_kernel(self, e: Epilogue) -> EpilogueKernel:
+        """The EpilogueKernel of ``e``, made on first use (again if the epilogue is replaced)."""
         spec, kernel = self._epilogue_kernels.get(e.at, (None, None))
-        if spec is not e:  # first use, or the epilogue was replaced
+        if spec is not e:
             kernel = EpilogueKernel(
                 e.table,
                 e.table.shape[1] - 1,
@@ -497,6 +514,20 @@ class Runtime:
                 shortcut_bn=e.shortcut_bn,
             )
             self._epilogue_kernels[e.at] = (e, kernel)
+        return kernel
+
+    def _fuses_into_conv(self, node: Node, e: Epilogue) -> bool:
+        """Whether the backend's XNOR kernel applies epilogue ``e`` itself (a Bi-Real block: the
+        conv then runs at the add, when its shortcut exists)."""
+        return (
+            node.op == "binary_conv2d"
+            and e.at != node.name
+            and hasattr(self.backend, "conv2d_epilogue")
+            and self._epilogue_kernel(e).fuses_into_xnor
+        )
+
+    def _run_epilogue(self, e: Epilogue, s: np.ndarray, shortcut: np.ndarray | None):
+        kernel = self._epilogue_kernel(e)
         t = self.backend.threads
         N, C = s.shape[:2]
         shape = (N, C, s.shape[2] // 2, s.shape[3] // 2) if e.pool else s.shape
