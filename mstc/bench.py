@@ -8,8 +8,11 @@ medians over all rounds:
 
 - whole network: wall time of one forward pass on a batch;
 - per binary layer: wall time of the binary layer alone (torch: forward hooks around the module;
-  engines: around ``backend.conv2d`` / ``backend.linear``), measured in separate passes so that the
-  hooks do not inflate the whole-network time.
+  engines: around ``backend.conv2d`` / ``backend.linear`` / ``backend.conv2d_fused``), measured in
+  separate passes so that the hooks do not inflate the whole-network time. In those passes the
+  engines' XNOR kernels do not apply Bi-Real epilogues as they count
+  (``Runtime.epilogues_in_xnor = False``): a layer's time is its integer sums, as torch's is its
+  conv; the whole-network passes run with it.
 
 ``bop_ratio`` is the theoretical reduction of :func:`mstc.costs.network_costs` (dense BOPs / MST
 BOPs over the binary 3x3 convs) of the same compressed model (``complement=True``).
@@ -158,7 +161,15 @@ def _engine_runner(cm, backend: str, threads: int, x, timer: _Timer):
             return s
 
         setattr(be, method, wrapped)
-    return rt, lambda: rt.run(x)
+
+    def per_layer():  # the binary layers alone: their sums, the epilogues run apart
+        rt.epilogues_in_xnor = False
+        try:
+            return rt.run(x)
+        finally:
+            rt.epilogues_in_xnor = True
+
+    return rt, lambda: rt.run(x), per_layer
 
 
 def fused_layers(rt, active) -> set[str]:
@@ -207,7 +218,7 @@ def worker_main(config: dict[str, Any]) -> None:
     timer = _Timer()
     info: dict[str, Any] = {"backend": backend}
     if backend == "torch":
-        f = _torch_runner(model, x, timer)
+        f = f_layers = _torch_runner(model, x, timer)
     else:
         import mstc
         from mstc.costs import network_costs
@@ -222,7 +233,7 @@ def worker_main(config: dict[str, Any]) -> None:
             }
             for c in costs.layers
         }
-        rt, f = _engine_runner(cm, backend, threads, x, timer)
+        rt, f, f_layers = _engine_runner(cm, backend, threads, x, timer)
     for _ in range(2):  # warm-up: numba compile/load, caches (and the mst autotuning)
         f()
     if backend != "torch":
@@ -249,7 +260,7 @@ def worker_main(config: dict[str, Any]) -> None:
         timer.enabled = True
         for _ in range(max(1, len(total) // 2)):
             timer.times = {}
-            f()
+            f_layers()
             for k, v in timer.times.items():
                 layers.setdefault(k, []).append(v)
         timer.enabled = False

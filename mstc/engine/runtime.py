@@ -138,6 +138,9 @@ class Runtime:
         for name, i in last_use.items():
             self._drops.setdefault(i, []).append(name)
         self._skips: dict[frozenset[str], set[str]] = {}
+        #: let the backend's XNOR kernel apply Bi-Real epilogues as it counts (the integer sums
+        #: then never exist; ``mstc bench`` turns it off to time the binary layers alone)
+        self.epilogues_in_xnor = True
         #: Epilogue.at -> (the Epilogue, its kernel with the constant arrays prepared)
         self._epilogue_kernels: dict[str, tuple[Epilogue, EpilogueKernel]] = {}
 
@@ -520,7 +523,8 @@ class Runtime:
         """Whether the backend's XNOR kernel applies epilogue ``e`` itself (a Bi-Real block: the
         conv then runs at the add, when its shortcut exists)."""
         return (
-            node.op == "binary_conv2d"
+            self.epilogues_in_xnor
+            and node.op == "binary_conv2d"
             and e.at != node.name
             and hasattr(self.backend, "conv2d_epilogue")
             and self._epilogue_kernel(e).fuses_into_xnor
