@@ -317,8 +317,9 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out, epi): 
     (word t of every patch contiguous over positions, the packed_weights order), then for 4
     output channels j at a time ``acc[j, p] += popcount(tile[t, p] XOR wT[t, j])`` runs over the
     positions (vectorised with vpopcnt), and out[b, j, ho*Wo + wo] = n - 2*acc, written in runs of
-    whole rows of one image (contiguous in both). Patches of 4 words (the caller pads shorter
-    ones with zero words) skip the accumulator: each channel's 4 popcounts go straight to out.
+    whole rows of one image (contiguous in both). Patches of 3 or 4 words (the caller pads
+    shorter ones with zero words) skip the accumulator: each channel's popcounts go straight to
+    out.
 
     ``epi``: None, or (coef, sbn, alpha, shortcut) of a Bi-Real epilogue (:func:`_epi_row`), whose
     float32 result is written to ``out`` instead of the sums (which then never reach memory)."""
@@ -335,9 +336,9 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out, epi): 
         nr = min(R, G - g0)
         P = nr * Wo
         _gather_tile(xf, Hp, Wp, CW, C, kh, kw, sh, sw, dh, dw, Ho, Wo, g0, nr, tile)
-        for j0 in range(0, Cout, 1 if KW == 4 else 4):
-            nj = 1 if KW == 4 else min(4, Cout - j0)
-            if KW != 4:
+        for j0 in range(0, Cout, 1 if KW <= 4 else 4):
+            nj = 1 if KW <= 4 else min(4, Cout - j0)
+            if KW > 4:
                 if nj == 4:
                     _popc4(tile, wT, P, j0, acc)
                 else:
@@ -357,7 +358,20 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out, epi): 
                 q0 = np.uint64(r * Wo)
                 obase = np.uint64(ho * Wo)
                 L = np.uint64(seg * Wo)
-                if KW == 4:
+                if KW == 3:  # n <= 192 (16 channels 3x3): three popcounts, straight out
+                    w0, w1, w2 = wT[0, j0], wT[1, j0], wT[2, j0]
+                    dst = out[b, j0]
+                    if epi is None:
+                        for p in range(L):
+                            m = popc(tile[0, q0 + p] ^ w0) + popc(tile[1, q0 + p] ^ w1)
+                            m += popc(tile[2, q0 + p] ^ w2)
+                            dst[obase + p] = n - 2 * np.int64(m)
+                    else:
+                        for p in range(L):
+                            m = popc(tile[0, q0 + p] ^ w0) + popc(tile[1, q0 + p] ^ w1)
+                            acc[0, q0 + p] = m + popc(tile[2, q0 + p] ^ w2)
+                        _epi_row(acc, 0, q0, n, epi, b, j0, dst, obase, L)
+                elif KW == 4:
                     w0, w1, w2, w3 = wT[0, j0], wT[1, j0], wT[2, j0], wT[3, j0]
                     dst = out[b, j0]
                     if epi is None:
@@ -411,9 +425,9 @@ def xnor_conv(
     :meth:`mstc.engine.epilogue.EpilogueKernel.xnor_args`: ``out`` is then float32 and receives
     the Bi-Real epilogue of the sums, computed as they are counted."""
     KW = wT.shape[0]
-    if KW < 4:  # zero words (popcount 0 against the zero tile rows): the direct 4-word path
-        wT = np.concatenate([wT, np.zeros((4 - KW, wT.shape[1]), np.uint64)])
-        KW = 4
+    if KW < 3:  # zero words (popcount 0 against the zero tile rows): the direct 3-word path
+        wT = np.concatenate([wT, np.zeros((3 - KW, wT.shape[1]), np.uint64)])
+        KW = 3
     R = max(1, (TILE_WORDS // KW) // Wo)  # rows per unit: the [KW, R*Wo] tile stays in L1/L2
     units = (out.shape[0] * Ho + R - 1) // R
     if nthreads > 1 and units > 1:
@@ -496,8 +510,8 @@ class PackedBackend(Backend):
             kh, kw = layer.kernel_size
             cin = layer.cin if layer.kind == "conv2d" else layer.n
             wT = packed_weights(layer.weight_bits(), cin, kh, kw)
-            if wT.shape[0] < 4:  # xnor_conv's 4-word path: zero words, padded once here
-                wT = np.concatenate([wT, np.zeros((4 - wT.shape[0], wT.shape[1]), np.uint64)])
+            if wT.shape[0] < 3:  # xnor_conv's 3-word path: zero words, padded once here
+                wT = np.concatenate([wT, np.zeros((3 - wT.shape[0], wT.shape[1]), np.uint64)])
             self._w[name] = wT
 
     def _conv(self, layer: BinaryLayerCode, x, epilogue=None) -> np.ndarray:
