@@ -87,6 +87,7 @@ def main() -> None:
         wrap(mst_kernel, name)
     wrap(rt.backend, "_delta", "delta kernel")
     wrap(rt.backend, "conv2d_fused", "fused layers (incl. kernels)")
+    wrap(rt.backend, "conv2d_epilogue", "binary conv + epilogue in XNOR (incl. kernels)")
     passes = []
     for _ in range(args.passes):
         t0 = time.thread_time()
