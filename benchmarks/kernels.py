@@ -41,6 +41,23 @@ def _ms(f, n: int = 30) -> float:
     return best * 1e3
 
 
+def xnor_paths() -> None:
+    """The direct 3-word XNOR path against the zero-padded 4-word one (what xnor_conv ran
+    before 71b9625) on resnet20's first-stage shape, alternating in one process."""
+    rng = np.random.default_rng(0)
+    shape, cout, n = (32, 16, 32, 32), 16, 16 * 9
+    xp = packed_input(rng.standard_normal(shape).astype(np.float32), (1, 1), 1)
+    w3 = rng.integers(0, 2**63, (3, cout), dtype=np.uint64)
+    w4 = np.concatenate([w3, np.zeros((1, cout), np.uint64)])
+    out3, out4 = (np.empty((32, cout, 1024), np.int32) for _ in range(2))
+    geom = (3, 3, 1, 1, 1, 1)
+    for _ in range(3):
+        t3 = _ms(lambda: xnor_conv(xp, w3, n, geom, 32, 32, out3, 1))
+        t4 = _ms(lambda: xnor_conv(xp, w4, n, geom, 32, 32, out4, 1))
+        assert np.array_equal(out3, out4)
+        print(f"xnor_conv {shape} -> {cout}: 3 words {t3:.3f} ms, zero-padded to 4 {t4:.3f} ms")
+
+
 def main() -> None:
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -100,5 +117,11 @@ def faults(backend: str) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--faults", metavar="BACKEND", help="count page faults of a runtime pass")
+    p.add_argument("--xnor-paths", action="store_true", help="3-word vs zero-padded 4-word")
     args = p.parse_args()
-    faults(args.faults) if args.faults else main()
+    if args.faults:
+        faults(args.faults)
+    elif args.xnor_paths:
+        xnor_paths()
+    else:
+        main()

@@ -225,8 +225,7 @@ class EpilogueKernel:
             mode |= PRELU
         self.mode = mode
         self._no_shortcut = np.zeros((1, 1), np.float32)
-        #: a shortcut BatchNorm that changes nothing: fma(x, 1, -0.0) == x for every x (-0 too)
-        self._identity_bn = np.stack([np.ones(C), np.full(C, -0.0)]).astype(np.float32)
+        self._identity_bn: np.ndarray | None = None
 
     @property
     def fuses_into_xnor(self) -> bool:
@@ -239,7 +238,12 @@ class EpilogueKernel:
         """``xnor_conv``'s epilogue argument for float32 ``shortcut`` (N, C, H, W)."""
         if not self.fuses_into_xnor:
             raise ValueError("this epilogue does not fuse into the XNOR kernel")
-        sbn = self.sbn if self.mode & BN_SHORTCUT else self._identity_bn
+        sbn = self.sbn
+        if not self.mode & BN_SHORTCUT:  # a BN that changes nothing: fma(x, 1, -0.0) == x, -0 too
+            if self._identity_bn is None:
+                ones, nzero = np.ones(self.C), np.full(self.C, -0.0)
+                self._identity_bn = np.stack([ones, nzero]).astype(np.float32)
+            sbn = self._identity_bn
         sc = np.ascontiguousarray(shortcut, dtype=np.float32)
         return self.coef, sbn, self.alpha, sc.reshape(sc.shape[0], sc.shape[1], -1)
 
