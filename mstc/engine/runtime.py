@@ -244,8 +244,10 @@ class Runtime:
         with torch.no_grad():
             return self._apply(bn, [x], {}).numpy()
 
-    def _shortcut_bn(self, bn: Node) -> np.ndarray | None:
-        """The (alpha, beta) of :func:`mstc.engine.epilogue.shortcut_bn_form` for node ``bn``."""
+    def _bn_params(self, bn: Node) -> dict[str, Any] | None:
+        """A BatchNorm node's running statistics, affine parameters (None = 1 / 0) and eps, as
+        the keyword arguments of the closed forms in :mod:`mstc.engine.epilogue`; None without
+        running statistics."""
 
         def p(name):
             t = self._p(bn, name)
@@ -253,14 +255,20 @@ class Runtime:
 
         if p("running_mean") is None or p("running_var") is None:
             return None
-        return shortcut_bn_form(
-            lambda x: self._batch_norm(bn, torch.from_numpy(x)),
+        return dict(
             mean=p("running_mean"),
             var=p("running_var"),
             weight=p("weight"),
             bn_bias=p("bias"),
             eps=float(bn.attrs["eps"]),
         )
+
+    def _shortcut_bn(self, bn: Node) -> np.ndarray | None:
+        """The (alpha, beta) of :func:`mstc.engine.epilogue.shortcut_bn_form` for node ``bn``."""
+        params = self._bn_params(bn)
+        if params is None:
+            return None
+        return shortcut_bn_form(lambda x: self._batch_norm(bn, torch.from_numpy(x)), **params)
 
     def _plan_epilogues(self) -> dict[str, Epilogue]:
         """binary -> batch_norm -> (2x2 max pool | [add] [-> prelu]), intermediates used once."""
@@ -303,24 +311,10 @@ class Runtime:
 
     def _affine(self, layer: BinaryLayerCode, bn: Node, table: np.ndarray):
         """The table's closed form (:func:`mstc.engine.epilogue.affine_form`), or None."""
-
-        def p(name):
-            t = self._p(bn, name)
-            return None if t is None else t.numpy()
-
-        if p("running_mean") is None or p("running_var") is None:
+        params = self._bn_params(bn)
+        if params is None:
             return None
-        return affine_form(
-            table,
-            layer.n,
-            scale=layer.scale,
-            bias=layer.bias,
-            mean=p("running_mean"),
-            var=p("running_var"),
-            weight=p("weight"),
-            bn_bias=p("bias"),
-            eps=float(bn.attrs["eps"]),
-        )
+        return affine_form(table, layer.n, scale=layer.scale, bias=layer.bias, **params)
 
     def _table(self, layer: BinaryLayerCode, bn: Node) -> np.ndarray | None:
         """table[c, u] = BN(finish(2u - n)) through the same torch calls as :meth:`run`, or None
