@@ -326,3 +326,18 @@ def test_xnor_conv_fused_epilogue(cin, cout, with_bn):
     np.testing.assert_array_equal(_bits(got), _bits(want))
     if not with_bn:
         assert (want == 0).any()
+
+
+@pytest.mark.parametrize("backend", ["packed", "mst"])
+def test_epilogue_in_xnor_two_threads(backend):
+    """The XNOR kernel's epilogue path over two workers (row units split between them): logits
+    identical to the reference."""
+    torch.manual_seed(0)
+    model = create_model("resnet20", width=0.3).eval()
+    _randomise_float_parts(model, 2)
+    cm = mstc.compress(model, input_shape=(3, 16, 16))
+    x = np.random.default_rng(6).standard_normal((5, 3, 16, 16)).astype(np.float32)
+    rt = Runtime(cm, backend, threads=2)
+    fused = any(rt._fuses_into_conv(rt._nodes[k], e) for k, e in rt.epilogues.items())
+    assert fused or all(e.affine is None for e in rt.epilogues.values())
+    np.testing.assert_array_equal(_bits(rt.run(x)), _bits(run(cm, x, "reference")))
