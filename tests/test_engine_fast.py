@@ -292,4 +292,6 @@ def test_bench_cli_json(capsys):
     assert {"model", "batch", "threads", "bop_ratio", "median_ms"} <= set(r)
     assert set(r["median_ms"]) == {"torch", "packed", "mst"}
     assert r["bop_ratio"] > 1 and all(v > 0 for v in r["median_ms"].values())
+    assert all(0 < r["min_ms"][b] <= r["median_ms"][b] for b in r["median_ms"])
     assert len(r["layers"]) == 18
+    assert all(layer["ms"]["packed"] > 0 for layer in r["layers"])  # binary layers were timed
