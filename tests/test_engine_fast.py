@@ -96,6 +96,17 @@ def test_trained_checkpoint(path):
     _same(cm, _input(4, (2, *cm.input_shape)))
 
 
+COMPRESSED = sorted(glob.glob(str(ROOT / "results" / "models" / "*.mstc")))
+
+
+@pytest.mark.parametrize("path", COMPRESSED, ids=lambda p: Path(p).name)
+def test_committed_mstc_files(path):
+    """The committed .mstc files (trained, regularized vgg_small): every engine equals the
+    reference, sums and logits."""
+    cm = mstc.load(path)
+    _same(cm, _input(5, (2, *cm.input_shape)))
+
+
 # ------------------------------------------------------------------ single layers, hypothesis
 
 
