@@ -164,31 +164,45 @@ def packed_input(
     shape = (n, h + 2 * ph, w + 2 * pw, (c + 63) // 64)
     if out is None:
         out = np.zeros(shape, dtype=np.uint64)
-    else:
-        if out.shape != shape or out.dtype != np.uint64 or not out.flags.c_contiguous:
-            raise ValueError(
-                f"out must be C-contiguous uint64 {shape}, got {out.dtype} {out.shape}"
-            )
-        _zero_border(out, ph, pw, h, w)
-    if x.size:
-        if nthreads > 1 and n * h > 1:
-            _pack_par(x, ph, pw, min(2 * nthreads, n * h), mode, t, out)
-        else:
-            _pack_rows(x, ph, pw, 0, n * h, mode, t, out)
-    elif out.size:
+    elif out.shape != shape or out.dtype != np.uint64 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous uint64 {shape}, got {out.dtype} {out.shape}")
+    return _pack_into(x, ph, pw, nthreads, mode, t, out)
+
+
+def _pack_into(x, ph, pw, nthreads, mode, t, out) -> np.ndarray:
+    """:func:`packed_input` after its checks: ``out`` of the right shape, any content."""
+    n, h = x.shape[0], x.shape[2]
+    if x.size == 0:
         out[...] = 0
+    elif nthreads > 1 and n * h > 1:
+        _zero_border(out, ph, pw, h, x.shape[3])
+        _pack_par(x, ph, pw, min(2 * nthreads, n * h), mode, t, out)
+    else:
+        _pack_one(x, ph, pw, mode, t, out)
     return out
+
+
+@njit(cache=True)
+def _pack_one(x, ph, pw, mode, t, out):  # pragma: no cover - numba
+    """One thread: the border zeroed, then every row packed (one numba call at batch 1)."""
+    _zero_border(out, ph, pw, x.shape[2], x.shape[3])
+    _pack_rows(x, ph, pw, 0, x.shape[0] * x.shape[2], mode, t, out)
 
 
 def pack_binary_input(x, padding: tuple[int, int], nthreads: int = 1, pool=None) -> np.ndarray:
     """:func:`packed_input` of a binary conv's input -- float NCHW (sign) or a
     :class:`~mstc.engine.fold.RuledInput` (its rule) -- into an array lent by ``pool``
     (:class:`~mstc.engine.buffers.BufferPool`; None: a fresh one)."""
-    xf, rule = (x.x, (x.mode, x.t)) if isinstance(x, RuledInput) else (x, None)
+    if isinstance(x, RuledInput):
+        xf = x.x
+        mode = np.ascontiguousarray(x.mode, dtype=np.int8)
+        t = np.ascontiguousarray(x.t, dtype=np.float32)
+    else:
+        xf, (mode, t) = x, sign_rule(x.shape[1])
     n, c, h, w = xf.shape
     ph, pw = padding
     words = empty(pool, (n, h + 2 * ph, w + 2 * pw, (c + 63) // 64), np.uint64)
-    return packed_input(xf, padding, nthreads, rule, out=words)
+    return _pack_into(xf, ph, pw, nthreads, mode, t, words)
 
 
 def packed_weights(bits: np.ndarray, cin: int, kh: int, kw: int) -> np.ndarray:
