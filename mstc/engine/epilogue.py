@@ -34,7 +34,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 #: mode bits of the kernels
-ADD, PRELU, AFFINE, FMA, BN_SHORTCUT = 1, 2, 4, 8, 16
+ADD, PRELU, AFFINE, FMA = 1, 2, 4, 8
 
 
 @intrinsic
@@ -70,8 +70,8 @@ def _f_run(yf, o, tf, t0, n, s, l, ka, kb, mode, P, dst, d):  # pragma: no cover
 
 @njit(cache=True)
 def _rows(y, table, coef, n, shortcut, sbn, alpha, mode, r0, r1, out):  # pragma: no cover
-    """Rows r = b*C + c in [r0, r1) of (N*C, P) arrays: f, then + shortcut (with BN_SHORTCUT
-    its BatchNorm first, fma(x, sbn[0, c], sbn[1, c])), then PReLU, each a loop over the row
+    """Rows r = b*C + c in [r0, r1) of (N*C, P) arrays: f, then + the shortcut's BatchNorm
+    fma(x, sbn[0, c], sbn[1, c]) (identity_bn: x itself), then PReLU, each a loop over the row
     (in L1). Flat arrays and unsigned offsets: no per-row views (their cost dominated rows of 64
     positions) and no wrap-around checks (the loops vectorise)."""
     C = table.shape[0]
@@ -89,21 +89,13 @@ def _rows(y, table, coef, n, shortcut, sbn, alpha, mode, r0, r1, out):  # pragma
         a = alpha[c]
         if mode == AFFINE | FMA | ADD | PRELU:  # the Bi-Real epilogue: one fused loop
             for p in range(P):
-                v = fma32(np.float32(yf[o + p]) * s + l, ka, kb) + sf[o + p]
-                of[o + p] = v if v > 0 else a * v
-            continue
-        if mode == AFFINE | FMA | ADD | PRELU | BN_SHORTCUT:  # the same, shortcut BN inline
-            for p in range(P):
                 v = fma32(np.float32(yf[o + p]) * s + l, ka, kb) + fma32(sf[o + p], sa, sb)
                 of[o + p] = v if v > 0 else a * v
             continue
         _f_run(yf, o, tf, np.uint64(c) * T, n, s, l, ka, kb, mode, P, of, o)
-        if mode & BN_SHORTCUT:
+        if mode & ADD:
             for p in range(P):
                 of[o + p] = of[o + p] + fma32(sf[o + p], sa, sb)
-        elif mode & ADD:
-            for p in range(P):
-                of[o + p] = of[o + p] + sf[o + p]
         if mode & PRELU:
             for p in range(P):
                 v = of[o + p]
@@ -178,6 +170,20 @@ def _fma_array(a, b, c):  # pragma: no cover - numba
     return out
 
 
+_IDENTITY_BN: dict[int, np.ndarray] = {}
+
+
+def identity_bn(C: int) -> np.ndarray:
+    """(2, C) (1, -0.0): the shortcut "BatchNorm" that changes nothing, fma(x, 1, -0.0) == x for
+    every x, -0 included (read-only, made once per C)."""
+    a = _IDENTITY_BN.get(C)
+    if a is None:
+        a = np.stack([np.ones(C), np.full(C, -0.0)]).astype(np.float32)
+        a.flags.writeable = False
+        _IDENTITY_BN[C] = a
+    return a
+
+
 class EpilogueKernel:
     """One epilogue's constant arrays (table, closed form, PReLU weights, shortcut BatchNorm),
     checked and laid out once; calling it runs :func:`epilogue` on a layer's sums. A runtime
@@ -210,14 +216,13 @@ class EpilogueKernel:
             raise ValueError("pool: sums must be (N, C, H, W), without shortcut or PReLU")
         if add:
             mode |= ADD
-        self.sbn = np.zeros((2, C), np.float32)
+        self.sbn = identity_bn(C)
         if shortcut_bn is not None:
             self.sbn = np.ascontiguousarray(shortcut_bn, dtype=np.float32)
             if not add or self.sbn.shape != (2, C):
                 raise ValueError(
                     f"shortcut_bn needs a shortcut and shape (2, {C}), got {self.sbn.shape}"
                 )
-            mode |= BN_SHORTCUT
         self.alpha = np.zeros(C, np.float32)
         if alpha is not None:
             a = np.asarray(alpha, np.float32).reshape(-1)
@@ -225,27 +230,20 @@ class EpilogueKernel:
             mode |= PRELU
         self.mode = mode
         self._no_shortcut = np.zeros((1, 1), np.float32)
-        self._identity_bn: np.ndarray | None = None
 
     @property
     def fuses_into_xnor(self) -> bool:
         """Whether the XNOR kernel can apply this epilogue as it counts
         (:func:`mstc.engine.packed.xnor_conv`): the Bi-Real form with a verified fma closed form,
         a shortcut (with or without its BatchNorm) and PReLU."""
-        return self.mode | BN_SHORTCUT == AFFINE | FMA | ADD | PRELU | BN_SHORTCUT
+        return self.mode == AFFINE | FMA | ADD | PRELU
 
     def xnor_args(self, shortcut: np.ndarray) -> tuple[np.ndarray, ...]:
         """``xnor_conv``'s epilogue argument for float32 ``shortcut`` (N, C, H, W)."""
         if not self.fuses_into_xnor:
             raise ValueError("this epilogue does not fuse into the XNOR kernel")
-        sbn = self.sbn
-        if not self.mode & BN_SHORTCUT:  # a BN that changes nothing: fma(x, 1, -0.0) == x, -0 too
-            if self._identity_bn is None:
-                ones, nzero = np.ones(self.C), np.full(self.C, -0.0)
-                self._identity_bn = np.stack([ones, nzero]).astype(np.float32)
-            sbn = self._identity_bn
         sc = np.ascontiguousarray(shortcut, dtype=np.float32)
-        return self.coef, sbn, self.alpha, sc.reshape(sc.shape[0], sc.shape[1], -1)
+        return self.coef, self.sbn, self.alpha, sc.reshape(sc.shape[0], sc.shape[1], -1)
 
     def __call__(
         self,
@@ -308,8 +306,6 @@ def epilogue(
     float32 (alpha, beta) of a BatchNorm applied to the shortcut first, as ``fma(x, alpha,
     beta)`` (:func:`shortcut_bn_form`); ``out``: a float32 C-contiguous array of the result's
     shape to write it into (any content). (:class:`EpilogueKernel` keeps the constant part.)"""
-    if table.shape[0] != sums.shape[1]:
-        raise ValueError(f"table shape {table.shape} != ({sums.shape[1]}, {n + 1})")
     kernel = EpilogueKernel(
         table,
         n,

@@ -3,8 +3,9 @@
 The runtime runs float ops through ``torch.nn.functional`` so that every float a later layer
 binarises is bit-identical to the PyTorch model's. An op belongs here only where torch's CPU
 kernel has one fixed, simple order of float32 operations that a plain loop can repeat exactly,
-and where that kernel is slow: :func:`avg_pool2d` (torch's NCHW kernel is scalar, ~2.4 ms for a
-32x16x32x32 input on one core here; the 2x2 loop below takes 0.1 ms).
+and where that kernel is slow: :func:`avg_pool2d` (torch's NCHW kernel is scalar: 1.2 ms for a
+32x16x32x32 input on one core here, the 2x2 loop below 0.2 ms; ``benchmarks/passes.py
+--avg-pool``).
 
 avg_pool2d, as in ``aten/src/ATen/native/cpu/AvgPoolKernel.cpp`` (``cpu_avg_pool``), for
 ``float32``: for each output, the window ``[oh*sH - pH, +kH) x [ow*sW - pW, +kW)`` clipped to the

@@ -309,7 +309,7 @@ def _gather_tile(
 @njit(cache=True, inline="always")
 def _epi_row(acc, q, q0, n, epi, b, c, dst, obase, L):  # pragma: no cover - numba
     """dst[obase + p] = the Bi-Real epilogue (mstc.engine.epilogue, mode AFFINE | FMA | ADD |
-    PRELU | BN_SHORTCUT) of channel c's sum n - 2*acc[q, q0 + p], for p < L:
+    PRELU) of channel c's sum n - 2*acc[q, q0 + p], for p < L:
     prelu(fma(y*s + l, ka, kb) + fma(shortcut, sa, sb)); per-channel constants hoisted, so the
     loop vectorises."""
     coef, sbn, alpha, sc = epi
@@ -419,6 +419,15 @@ def _xnor_par(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, nchunks, out, epi): 
         _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out, epi)
 
 
+def pad_patch_words(wT: np.ndarray) -> np.ndarray:
+    """Packed weights ``[words, Cout]`` of patches shorter than 3 words padded with zero words
+    (popcount 0 against the tile's zero rows): they take the direct 3-word path of
+    :func:`xnor_conv`. Returned as is otherwise."""
+    if wT.shape[0] >= 3:
+        return wT
+    return np.concatenate([wT, np.zeros((3 - wT.shape[0], wT.shape[1]), np.uint64)])
+
+
 def xnor_conv(
     xp: np.ndarray,
     wT: np.ndarray,
@@ -438,10 +447,10 @@ def xnor_conv(
     ``epilogue``: (coef, sbn, alpha, shortcut [N, Cout, Ho*Wo]) of
     :meth:`mstc.engine.epilogue.EpilogueKernel.xnor_args`: ``out`` is then float32 and receives
     the Bi-Real epilogue of the sums, computed as they are counted."""
+    if epilogue is not None and epilogue[3].shape != out.shape:
+        raise ValueError(f"shortcut of shape {epilogue[3].shape}, output {out.shape}")
+    wT = pad_patch_words(wT)
     KW = wT.shape[0]
-    if KW < 3:  # zero words (popcount 0 against the zero tile rows): the direct 3-word path
-        wT = np.concatenate([wT, np.zeros((3 - KW, wT.shape[1]), np.uint64)])
-        KW = 3
     R = max(1, (TILE_WORDS // KW) // Wo)  # rows per unit: the [KW, R*Wo] tile stays in L1/L2
     units = (out.shape[0] * Ho + R - 1) // R
     if nthreads > 1 and units > 1:
@@ -523,10 +532,7 @@ class PackedBackend(Backend):
         for name, layer in compressed.layers.items():
             kh, kw = layer.kernel_size
             cin = layer.cin if layer.kind == "conv2d" else layer.n
-            wT = packed_weights(layer.weight_bits(), cin, kh, kw)
-            if wT.shape[0] < 3:  # xnor_conv's 3-word path: zero words, padded once here
-                wT = np.concatenate([wT, np.zeros((3 - wT.shape[0], wT.shape[1]), np.uint64)])
-            self._w[name] = wT
+            self._w[name] = pad_patch_words(packed_weights(layer.weight_bits(), cin, kh, kw))
 
     def _conv(self, layer: BinaryLayerCode, x, epilogue=None) -> np.ndarray:
         nthreads = _set_threads(self.threads)
@@ -540,8 +546,6 @@ class PackedBackend(Backend):
         geometry = (kh, kw, sh, sw, dh, dw)
         if epilogue is not None:
             epilogue = epilogue[0].xnor_args(epilogue[1])
-            if epilogue[3].shape != out.shape:
-                raise ValueError(f"shortcut of shape {epilogue[3].shape}, sums {out.shape}")
         xnor_conv(xp, self._w[layer.name], layer.n, geometry, Ho, Wo, out, nthreads, epilogue)
         if self.pool is not None:
             self.pool.give(xp)

@@ -94,6 +94,7 @@ class Runtime:
         self.pool = BufferPool()
         self.backend.pool = self.pool
         self._params = {k: torch.from_numpy(np.asarray(v)) for k, v in compressed.tensors.items()}
+        self._nodes = {node.name: node for node in compressed.nodes}
         self._users: dict[str, list[Node]] = {}
         for node in compressed.nodes:
             for name in node.inputs:
@@ -131,7 +132,6 @@ class Runtime:
                 reads[e.at].append(e.shortcut)
             if e.at != k:  # the conv may run at its add (_fuses_into_conv): keep its input
                 reads[e.at] += reads[k]
-        self._nodes = {node.name: node for node in compressed.nodes}
         last_use = {name: i for i, node in enumerate(compressed.nodes) for name in reads[node.name]}
         #: node index -> the values it reads last (dropped after it)
         self._drops: dict[int, list[str]] = {}
@@ -183,7 +183,6 @@ class Runtime:
         the BN inline (:func:`mstc.engine.epilogue.shortcut_bn_form`, checked against the same
         torch call) -- the stem and downsampling BatchNorms of a Bi-Real ResNet."""
         users = self._users
-        producer = {node.name: node for node in self.compressed.nodes}
         taken = {n for e in self.epilogues.values() for n in e.skip}
         taken |= {n for f in self.fusions.values() for n in f.skip}
         adds = {e.at: k for k, e in self.epilogues.items() if e.at != k and k not in self.fusions}
@@ -192,7 +191,7 @@ class Runtime:
             u = users.get(bn.name, [])
             if bn.op != "batch_norm" or bn.name in taken or not u:
                 continue
-            src = producer.get(bn.inputs[0])
+            src = self._nodes.get(bn.inputs[0])
             if src is None or src.op.startswith("binary") or len({v.name for v in u}) != len(u):
                 continue
             convs = [v for v in u if v.op == "binary_conv2d"]
