@@ -6,9 +6,11 @@ older checkout too, for side-by-side comparisons on a noisy machine (alternate t
     .venv/bin/python benchmarks/passes.py
     git worktree add /tmp/old 490f178 && PYTHONPATH=/tmp/old .venv/bin/python benchmarks/passes.py
 
-``--ab-epilogue`` instead alternates, in one process, two runtimes of the current code that
-differ only in ``Runtime.epilogues_in_xnor`` (the XNOR kernel applying Bi-Real epilogues as it
-counts, or the sums then the epilogue pass), after checking that their logits are identical.
+``--ab FLAG`` instead alternates, in one process, two runtimes of the current code that differ
+only in the Runtime flag FLAG, after checking that their logits are identical:
+``epilogues_in_xnor`` (``--ab-epilogue``: the XNOR kernel applying Bi-Real epilogues as it
+counts, or the sums then the epilogue pass), ``float_convs`` (full-precision convs by
+``mstc.engine.floatconv`` into pooled buffers, or torch's).
 ``--avg-pool`` times torch's ``avg_pool2d`` against ``mstc.engine.floatops.avg_pool2d`` on the
 shortcut pools of resnet20 at batch 32.
 """
@@ -64,25 +66,28 @@ def passes(models, backends, batches, n) -> None:
     print("\n".join(out))
 
 
-def ab_epilogue(models, backends, batches, n) -> None:
+def ab_flag(flag: str, models, backends, batches, n) -> None:
+    """Alternate, in one process, two runtimes that differ only in the boolean Runtime attribute
+    ``flag`` (logits checked identical first)."""
     for name in models:
         cm = _model(name)
         for batch in batches:
             x = _input(cm, batch)
             for be in backends:
-                fused, apart = Runtime(cm, be, threads=1), Runtime(cm, be, threads=1)
-                apart.epilogues_in_xnor = False
-                a, b = fused.run(x), apart.run(x)
+                on, off = Runtime(cm, be, threads=1), Runtime(cm, be, threads=1)
+                setattr(off, flag, False)
+                a, b = on.run(x), off.run(x)
                 assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
                 ta, tb = [], []
                 for _ in range(n if batch == 1 else max(5, n // 10)):
-                    for rt, ts in ((fused, ta), (apart, tb)):
+                    for rt, ts in ((on, ta), (off, tb)):
                         t = time.thread_time()
                         rt.run(x)
                         ts.append(time.thread_time() - t)
                 print(
-                    f"{name} b{batch} {be}: epilogue in XNOR {_stats(ta)} | apart {_stats(tb)}"
-                    f" | apart/in {np.median(tb) / np.median(ta):.3f} (median)"
+                    f"{name} b{batch} {be}: {flag} on {_stats(ta)} | off {_stats(tb)}"
+                    f" | off/on {np.median(tb) / np.median(ta):.3f} (median)"
+                    f" {min(tb) / min(ta):.3f} (min)"
                 )
 
 
@@ -115,7 +120,8 @@ if __name__ == "__main__":
     p.add_argument("--backends", default="packed,mst")
     p.add_argument("--batches", default="1,32")
     p.add_argument("--passes", type=int, default=300, help="at batch 1 (a tenth at larger)")
-    p.add_argument("--ab-epilogue", action="store_true")
+    p.add_argument("--ab-epilogue", action="store_true", help="--ab epilogues_in_xnor")
+    p.add_argument("--ab", metavar="FLAG", help="A/B of a Runtime flag, e.g. float_convs")
     p.add_argument("--avg-pool", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -123,7 +129,7 @@ if __name__ == "__main__":
     batches = [int(b) for b in a.batches.split(",")]
     if a.avg_pool:
         avg_pool(a.passes)
-    elif a.ab_epilogue:
-        ab_epilogue(models, backends, batches, a.passes)
+    elif a.ab_epilogue or a.ab:
+        ab_flag(a.ab or "epilogues_in_xnor", models, backends, batches, a.passes)
     else:
         passes(models, backends, batches, a.passes)

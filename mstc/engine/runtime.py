@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from mstc.engine.backend import fastest, get_backend
 from mstc.engine.buffers import BufferPool
 from mstc.engine.epilogue import EpilogueKernel, affine_form, shortcut_bn_form
+from mstc.engine.floatconv import FloatConv, faster_than_torch, torch_order
 from mstc.engine.floatops import avg_pool2d, pool_output_size
 from mstc.engine.fold import RuledInput, float_threshold_rule, threshold_rule
 from mstc.format import BinaryLayerCode, CompressedModel, Node
@@ -143,6 +144,12 @@ class Runtime:
         self.epilogues_in_xnor = True
         #: Epilogue.at -> (the Epilogue, its kernel with the constant arrays prepared)
         self._epilogue_kernels: dict[str, tuple[Epilogue, EpilogueKernel]] = {}
+        #: full-precision convs: True runs :class:`FloatConv` (into pooled buffers) where it
+        #: reproduces torch's conv bit for bit at the input shape and is faster (checked once per
+        #: shape); "exact" wherever it is bit-identical (tests); False always torch's
+        self.float_convs: bool | str = True
+        #: (conv node, input shape, torch threads) -> (FloatConv, tap order), or None: torch's
+        self._float_conv_plans: dict[tuple, tuple[FloatConv, str] | None] = {}
 
     def _plan_fusions(self) -> dict[str, Fusion]:
         nodes = self.compressed.nodes
@@ -564,6 +571,48 @@ class Runtime:
         out = self.pool.empty(shape, np.float32)
         return torch.from_numpy(avg_pool2d(x.numpy(), *args, out=out))
 
+    def _conv2d(self, node: Node, x: torch.Tensor) -> torch.Tensor:
+        """torch's conv2d, or the same floats from :class:`FloatConv` where it was found exact
+        and faster at this input shape (:meth:`_plan_float_conv`)."""
+        plan = None
+        if self.float_convs and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous():
+            key = (node.name, tuple(x.shape), torch.get_num_threads())
+            if key not in self._float_conv_plans:
+                self._float_conv_plans[key] = self._plan_float_conv(node, x)
+            plan = self._float_conv_plans[key]
+        if plan is not None:
+            conv, order = plan
+            return torch.from_numpy(conv(x.numpy(), order, pool=self.pool))
+        a = node.attrs
+        return F.conv2d(
+            x,
+            self._p(node, "weight"),
+            self._p(node, "bias"),
+            a["stride"],
+            a["padding"],
+            a["dilation"],
+            a["groups"],
+        )
+
+    def _plan_float_conv(self, node: Node, x: torch.Tensor) -> tuple[FloatConv, str] | None:
+        a = node.attrs
+        w = self._p(node, "weight")
+        if (
+            self._p(node, "bias") is not None
+            or a["groups"] != 1
+            or tuple(a["dilation"]) != (1, 1)
+            or w is None
+            or w.dtype != torch.float32
+        ):
+            return None
+        conv = FloatConv(np.ascontiguousarray(w.numpy()), a["stride"], a["padding"])
+        order = torch_order(conv, tuple(x.shape))
+        if order is None:
+            return None
+        if self.float_convs != "exact" and not faster_than_torch(conv, order, x.numpy()):
+            return None
+        return conv, order
+
     def _apply(
         self,
         node: Node,
@@ -584,15 +633,7 @@ class Runtime:
             return y
         x = args[0]
         if op == "conv2d":
-            return F.conv2d(
-                x,
-                self._p(node, "weight"),
-                self._p(node, "bias"),
-                a["stride"],
-                a["padding"],
-                a["dilation"],
-                a["groups"],
-            )
+            return self._conv2d(node, x)
         if op == "linear":
             return F.linear(x, self._p(node, "weight"), self._p(node, "bias"))
         if op == "batch_norm":

@@ -1,0 +1,276 @@
+"""Full-precision conv2d with torch's own CPU float32 operations, written into pooled buffers.
+
+torch 2.13's CPU convolution (float32, groups 1, dilation 1, no bias) computes each output as one
+chain of fused multiply-adds from +0 over the taps, in one of two fixed orders:
+
+    y[n, o, i, j] = fma(x_T w_T, ... fma(x_2 w_2, fma(x_1 w_1, +0)))
+    x_t = x[n, c_t, i*sh + kh_t - ph, j*sw + kw_t - pw],  w_t = w[o, c_t, kh_t, kw_t]
+
+- ``"tap"``: kernel row, kernel column, then input channel (oneDNN's direct kernel; e.g. every
+  stem and 1x1 conv of the registered models at batch 32),
+- ``"channel"``: input channel, then kernel row and column (im2col + GEMM; e.g. a 3-channel stem
+  at batch 1).
+
+A tap in the zero padding adds ``fma(0, w, acc) = acc`` (a chain from +0 never rounds to -0), so
+the kernel skips nothing and reads a zero-padded copy. Which order torch takes depends on the
+shape, the thread count and the build, so :func:`torch_order` tries both on a probe of the exact
+input shape (wide magnitudes, zeros, signed zeros) against ``F.conv2d`` and returns the one that
+is bit-identical, or None; the runtime then uses :class:`FloatConv` only where it was found exact
+and faster than torch, else torch itself.
+
+Why at all: in a pass torch allocates each conv output afresh, and glibc hands large blocks back
+to the system in between, so the output's pages fault again on every pass. resnet20 at batch 32,
+one thread: the stem conv 2.8-3.2 ms inside a pass vs 0.6-1.8 ms alone; the generated kernel
+writes into the runtime's buffer pool (``benchmarks/passes.py --float-conv``).
+
+Each tap list is compiled once (numba, generated source with the taps unrolled so that the loop
+over output positions vectorises; 1-3 s) and cached on disk (:func:`cache_dir`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numba import njit
+
+from mstc.engine.buffers import BufferPool, empty
+from mstc.io import write_text_atomic
+
+ORDERS = ("tap", "channel")
+#: most unrolled multiply-adds per generated kernel (taps x output channels per block). The
+#: weights of a block stay in registers across the position loop; past ~110 they spill (here: a
+#: 32-tap 1x1 conv 0.31 ms in blocks of 2, 0.86 ms in blocks of 4; the 27-tap stem 0.68 ms in blocks
+#: of 4, 0.96 ms in blocks of 2; batch 32, one thread)
+MAX_UNROLLED = 112
+
+_compiled: dict[tuple, Callable] = {}
+
+
+def _tap_list(C: int, KH: int, KW: int, order: str) -> list[tuple[int, int, int]]:
+    if order == "tap":
+        return [(c, kh, kw) for kh in range(KH) for kw in range(KW) for c in range(C)]
+    if order == "channel":
+        return [(c, kh, kw) for c in range(C) for kh in range(KH) for kw in range(KW)]
+    raise ValueError(f"unknown tap order {order!r}; expected one of {ORDERS}")
+
+
+def _kernel(taps: tuple[tuple[int, int, int], ...], sh: int, sw: int, ob: int) -> Callable:
+    """The numba kernel ``k(xp, wt, out)`` for one tap list: ``xp`` the zero-padded input
+    (N, C, Hp, Wp), ``wt`` (T, O) the weights in tap order, ``out`` (N, O, Ho, Wo); output
+    channels in blocks of ``ob`` (O % ob == 0). sh = sw = 0: a 1x1 conv on flat planes,
+    ``xp`` (N, C, P) and ``out`` (N, O, P)."""
+    key = (taps, sh, sw, ob)
+    if key in _compiled:
+        return _compiled[key]
+    T = len(taps)
+    if sh == 0:  # 1x1, stride 1, no padding: one long loop over the positions
+        src = [
+            "def k(xp, wt, out):",
+            "    N = out.shape[0]; O = out.shape[1]; P = out.shape[2]",
+            "    for n in range(N):",
+            f"        for o0 in range(0, O, {ob}):",
+        ]
+        src += [f"            w{j}_{t} = wt[{t}, o0 + {j}]" for j in range(ob) for t in range(T)]
+        src += ["            for p in range(P):"]
+        src += [f"                s{j} = np.float32(0.0)" for j in range(ob)]
+        for t, (c, _, _) in enumerate(taps):
+            src.append(f"                v = xp[n, {c}, p]")
+            src += [f"                s{j} = s{j} + v * w{j}_{t}" for j in range(ob)]
+        src += [f"                out[n, o0 + {j}, p] = s{j}" for j in range(ob)]
+        return _compile(key, src)
+    src = [
+        "def k(xp, wt, out):",
+        "    N = out.shape[0]; O = out.shape[1]; Ho = out.shape[2]; Wo = out.shape[3]",
+        "    for n in range(N):",
+        f"        for o0 in range(0, O, {ob}):",
+    ]
+    src += [f"            w{j}_{t} = wt[{t}, o0 + {j}]" for j in range(ob) for t in range(T)]
+    src += ["            for y in range(Ho):", "                for x in range(Wo):"]
+    src += [f"                    s{j} = np.float32(0.0)" for j in range(ob)]
+    for t, (c, kh, kw) in enumerate(taps):
+        src.append(f"                    v = xp[n, {c}, y * {sh} + {kh}, x * {sw} + {kw}]")
+        src += [f"                    s{j} = s{j} + v * w{j}_{t}" for j in range(ob)]
+    src += [f"                    out[n, o0 + {j}, y, x] = s{j}" for j in range(ob)]
+    return _compile(key, src)
+
+
+def cache_dir() -> Path:
+    """``$MSTC_CACHE/floatconv`` or ``~/.cache/mstc/floatconv``: generated kernel sources, and
+    numba's compiled code beside them."""
+    base = os.environ.get("MSTC_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "mstc") / "floatconv"
+
+
+_HEADER = (
+    "import numpy as np\nfrom numba import njit\n\n\n"
+    # "contract" lets LLVM fuse each s + v * w into one fma (the only float flag given: no
+    # reassociation, so the chain keeps its order); tests check it against torch bit for bit
+    "@njit(nogil=True, fastmath={'contract'}, cache=True)\n"
+)
+
+
+def _compile(key: tuple, src: list[str]) -> Callable:
+    """Compile generated source (from integers only). It is written to :func:`cache_dir` so that
+    numba caches the machine code across processes; a file there is used only if its text is
+    exactly the generated one. Without a writable cache it compiles in memory."""
+    text = _HEADER + "\n".join(src) + "\n"
+    name = "mstc_floatconv_" + hashlib.sha256(text.encode()).hexdigest()[:20]
+    try:
+        path = cache_dir() / f"{name}.py"
+        if not path.is_file() or path.read_text() != text:
+            write_text_atomic(path, text)
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # numba's cache finds the kernel's globals by module name
+        spec.loader.exec_module(module)
+        kernel = module.k
+    except OSError:
+        namespace: dict = {"np": np}
+        exec("\n".join(src), namespace)  # noqa: S102 - generated from integers only
+        kernel = njit(nogil=True, fastmath={"contract"})(namespace["k"])
+    _compiled[key] = kernel
+    return kernel
+
+
+class FloatConv:
+    """conv2d of float32 NCHW inputs with a fixed weight (no bias, groups 1, dilation 1) in one
+    of torch's tap orders (module doc)."""
+
+    def __init__(self, weight: np.ndarray, stride: tuple[int, int], padding: tuple[int, int]):
+        weight = np.asarray(weight)
+        if weight.dtype != np.float32 or weight.ndim != 4:
+            raise ValueError(
+                f"weight must be float32 (O, C, KH, KW), got {weight.dtype} {weight.shape}"
+            )
+        self.weight = weight
+        self.stride = (int(stride[0]), int(stride[1]))
+        self.padding = (int(padding[0]), int(padding[1]))
+        O, C, KH, KW = weight.shape
+        T = C * KH * KW
+        self.block = next((b for b in (4, 2, 1) if O % b == 0 and T * b <= MAX_UNROLLED), 0)
+        self._wt: dict[str, np.ndarray] = {}
+
+    @property
+    def supported(self) -> bool:
+        """Whether a kernel fits the unroll budget (else the runtime keeps torch's conv)."""
+        return self.block > 0
+
+    def output_shape(self, x_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        N, C, H, W = x_shape
+        O, Cw, KH, KW = self.weight.shape
+        if C != Cw:
+            raise ValueError(f"input has {C} channels, the weight expects {Cw}")
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        Ho, Wo = (H + 2 * ph - KH) // sh + 1, (W + 2 * pw - KW) // sw + 1
+        if Ho < 1 or Wo < 1:
+            raise ValueError(f"input {x_shape} too small for a {KH}x{KW} kernel")
+        return N, O, Ho, Wo
+
+    def __call__(
+        self,
+        x: np.ndarray,
+        order: str,
+        pool: BufferPool | None = None,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        if not self.supported:
+            raise ValueError(f"a {self.weight.shape} kernel unrolls too far (> {MAX_UNROLLED})")
+        if x.dtype != np.float32 or x.ndim != 4 or not x.flags.c_contiguous:
+            raise ValueError("input must be a C-contiguous float32 (N, C, H, W) array")
+        shape = self.output_shape(x.shape)
+        if out is None:
+            out = empty(pool, shape, np.float32)
+        elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}")
+        O, C, KH, KW = self.weight.shape
+        taps = tuple(_tap_list(C, KH, KW, order))
+        if order not in self._wt:
+            w = self.weight
+            self._wt[order] = np.ascontiguousarray(
+                np.stack([w[:, c, kh, kw] for c, kh, kw in taps]), dtype=np.float32
+            )
+        ph, pw = self.padding
+        xp = x
+        if ph or pw:
+            N, _, H, W = x.shape
+            xp = empty(pool, (N, C, H + 2 * ph, W + 2 * pw), np.float32)
+            xp[:, :, :ph] = 0
+            xp[:, :, H + ph :] = 0
+            xp[:, :, ph : H + ph, :pw] = 0
+            xp[:, :, ph : H + ph, W + pw :] = 0
+            xp[:, :, ph : H + ph, pw : W + pw] = x
+        N = x.shape[0]
+        if KH == KW == 1 and self.stride == (1, 1) and not (ph or pw):
+            P = x.shape[2] * x.shape[3]
+            _kernel(taps, 0, 0, self.block)(
+                x.reshape(N, C, P), self._wt[order], out.reshape(N, O, P)
+            )
+            return out
+        _kernel(taps, *self.stride, self.block)(xp, self._wt[order], out)
+        if xp is not x and pool is not None:
+            pool.give(xp)
+        return out
+
+
+def probe_input(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """A float32 input for checking a float kernel against torch: normal values scaled over
+    ~2^-20..2^20, a zero block, signed zeros and exact small integers."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x *= np.exp2(rng.integers(-20, 21, size=shape)).astype(np.float32)
+    flat = x.reshape(-1)
+    k = max(1, flat.size // 16)
+    flat[:k] = 0.0
+    flat[k : 2 * k] = -0.0
+    flat[2 * k : 3 * k] = rng.integers(-4, 5, size=k).astype(np.float32)
+    rng.shuffle(flat[: 4 * k])
+    return x
+
+
+def torch_order(conv: FloatConv, x_shape: tuple[int, ...]) -> str | None:
+    """The tap order in which ``F.conv2d`` computes ``conv`` at input shape ``x_shape`` with
+    torch's current thread count (bit-identical on a probe), or None if neither is."""
+    if not conv.supported:
+        return None
+    x = probe_input(x_shape)
+    with torch.no_grad():
+        ref = F.conv2d(
+            torch.from_numpy(x), torch.from_numpy(conv.weight), None, conv.stride, conv.padding
+        ).numpy()
+    for order in ORDERS:
+        if np.array_equal(conv(x, order).view(np.int32), ref.view(np.int32)):
+            return order
+    return None
+
+
+def faster_than_torch(
+    conv: FloatConv, order: str, x: np.ndarray, repeats: int = 3, margin: float = 0.8
+) -> bool:
+    """Whether the kernel takes under ``margin`` times ``F.conv2d``'s time on ``x`` (fastest of
+    ``repeats`` runs each; the margin keeps torch where the two are within noise, e.g. at
+    batch 1)."""
+    xt, wt = torch.from_numpy(x), torch.from_numpy(conv.weight)
+    out = np.empty(conv.output_shape(x.shape), np.float32)
+
+    def best(f) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    with torch.no_grad():
+        ours = best(lambda: conv(x, order, out=out))
+        theirs = best(lambda: F.conv2d(xt, wt, None, conv.stride, conv.padding))
+    return ours < margin * theirs

@@ -1,0 +1,146 @@
+"""Full-precision convs in torch's tap order (mstc.engine.floatconv): bit-identical to F.conv2d
+wherever the probe says so, found for the shapes the registered models run, and the runtime's
+logits unchanged with them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import randomize_batchnorm
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mstc
+import mstc.engine.floatconv as floatconv
+from mstc.engine import Runtime
+from mstc.engine.floatconv import FloatConv, probe_input, torch_order
+from mstc.models import create_model
+
+
+def _bits(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32).view(np.int32)
+
+
+def _torch(x, w, stride, padding) -> np.ndarray:
+    with torch.no_grad():
+        return F.conv2d(torch.from_numpy(x), torch.from_numpy(w), None, stride, padding).numpy()
+
+
+def _data(rng, shape) -> np.ndarray:
+    """Inputs unlike the probe: image-like values with exact zeros (black pixels)."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[rng.random(shape) < 0.2] = 0.0
+    return x
+
+
+# shapes the registered models run (stems and 1x1 shortcut convs), batch 1 and 32
+KNOWN = [
+    ((32, 3, 32, 32), (16, 3, 3, 3), 1, 1),  # resnet20 stem
+    ((1, 3, 32, 32), (16, 3, 3, 3), 1, 1),
+    ((32, 16, 16, 16), (32, 16, 1, 1), 1, 0),  # resnet20 shortcut convs (after the avg pool)
+    ((32, 32, 8, 8), (64, 32, 1, 1), 1, 0),
+    ((32, 1, 28, 28), (32, 1, 3, 3), 1, 1),  # vgg_small w0.25 on Fashion-MNIST
+    ((1, 1, 28, 28), (32, 1, 3, 3), 1, 1),
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding", KNOWN)
+def test_known_shapes_have_an_exact_order(x_shape, w_shape, stride, padding):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    conv = FloatConv(w, (stride, stride), (padding, padding))
+    order = torch_order(conv, x_shape)
+    assert order is not None, "torch's conv took an order FloatConv does not know"
+    for seed in range(2):
+        x = _data(np.random.default_rng(seed + 1), x_shape)
+        assert np.array_equal(_bits(conv(x, order)), _bits(_torch(x, w, stride, padding)))
+    # the other order is a different computation: the check tells them apart
+    other = next(o for o in floatconv.ORDERS if o != order)
+    if w_shape[1] * w_shape[2] * w_shape[3] > max(w_shape[2] * w_shape[3], w_shape[1]):
+        x = probe_input(x_shape)
+        assert not np.array_equal(_bits(conv(x, other)), _bits(_torch(x, w, stride, padding)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 4),
+    o=st.integers(1, 9),
+    h=st.integers(3, 11),
+    w=st.integers(3, 11),
+    k=st.sampled_from([1, 3]),
+    stride=st.integers(1, 2),
+    data=st.data(),
+)
+def test_exact_wherever_the_probe_says(n, c, o, h, w, k, stride, data):
+    """Odd shapes, strides and paddings: if the probe finds an order, the kernel equals torch on
+    other inputs too (the probe's verdict is not a coincidence of its data)."""
+    padding = data.draw(st.integers(0, k // 2))
+    rng = np.random.default_rng(n * 1000 + c * 100 + o)
+    weight = rng.standard_normal((o, c, k, k)).astype(np.float32)
+    conv = FloatConv(weight, (stride, stride), (padding, padding))
+    order = torch_order(conv, (n, c, h, w))
+    if order is None:
+        return
+    x = _data(rng, (n, c, h, w))
+    assert np.array_equal(_bits(conv(x, order)), _bits(_torch(x, weight, stride, padding)))
+
+
+def test_rejects_bad_input():
+    conv = FloatConv(np.ones((4, 3, 3, 3), np.float32), (1, 1), (1, 1))
+    with pytest.raises(ValueError, match="channels"):
+        conv(np.zeros((1, 2, 8, 8), np.float32), "tap")
+    with pytest.raises(ValueError, match="float32"):
+        conv(np.zeros((1, 3, 8, 8), np.float64), "tap")
+    with pytest.raises(ValueError, match="contiguous"):
+        conv(np.zeros((1, 3, 8, 16), np.float32)[..., ::2], "tap")
+    with pytest.raises(ValueError, match="too small"):
+        FloatConv(np.ones((4, 3, 5, 5), np.float32), (1, 1), (0, 0))(
+            np.zeros((1, 3, 3, 3), np.float32), "tap"
+        )
+    with pytest.raises(ValueError, match="order"):
+        conv(np.zeros((1, 3, 8, 8), np.float32), "rows")
+    with pytest.raises(ValueError, match="weight"):
+        FloatConv(np.ones((4, 3, 3), np.float32), (1, 1), (1, 1))
+    big = FloatConv(np.ones((4, 3, 7, 7), np.float32), (2, 2), (3, 3))  # 147 taps
+    assert not big.supported and torch_order(big, (1, 3, 16, 16)) is None
+
+
+def test_cached_source_is_used_only_if_it_is_the_generated_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("MSTC_CACHE", str(tmp_path))
+    monkeypatch.setattr(floatconv, "_compiled", {})
+    w = np.random.default_rng(0).standard_normal((2, 2, 3, 3)).astype(np.float32)
+    conv = FloatConv(w, (1, 1), (1, 1))
+    x = _data(np.random.default_rng(1), (2, 2, 6, 7))
+    first = conv(x, "tap")
+    (source,) = (tmp_path / "floatconv").glob("*.py")
+    source.write_text("raise RuntimeError('not ours')\n")  # tampered with
+    monkeypatch.setattr(floatconv, "_compiled", {})
+    assert np.array_equal(_bits(conv(x, "tap")), _bits(first))
+    assert "not ours" not in source.read_text()
+
+
+@pytest.mark.parametrize(
+    "name, kw, shape",
+    [
+        ("resnet20", dict(width=0.5), (4, 3, 16, 16)),
+        ("vgg_small", dict(width=0.1, in_channels=1, image_size=16), (4, 1, 16, 16)),
+    ],
+)
+def test_runtime_logits_and_sums_unchanged(name, kw, shape):
+    """Every exact float conv in use: logits and binary sums equal to torch's convs."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm(create_model(name, **kw), seed=1)
+    cm = mstc.compress(model, complement=True, input_shape=shape[1:])
+    x = _data(np.random.default_rng(2), shape)
+    for backend in ("reference", "packed", "mst"):
+        ours, theirs = Runtime(cm, backend, threads=1), Runtime(cm, backend, threads=1)
+        ours.float_convs, theirs.float_convs = "exact", False
+        a, sa = ours.run(x, return_sums=True)
+        b, sb = theirs.run(x, return_sums=True)
+        assert any(p is not None for p in ours._float_conv_plans.values()), backend
+        assert not theirs._float_conv_plans
+        assert np.array_equal(_bits(a), _bits(b)), backend
+        assert sa.keys() == sb.keys() and all(np.array_equal(sa[k], sb[k]) for k in sa)
