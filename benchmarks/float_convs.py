@@ -1,0 +1,99 @@
+"""The full-precision convs inside whole passes, torch's vs mstc.engine.floatconv's.
+
+Each configuration runs in its own process, ``Runtime.float_convs`` off and on alternating
+(``--rounds`` pairs): in one process the two would share glibc's heap, and what torch's convs
+cost in a pass depends on it (their outputs are fresh allocations whose pages fault again when
+glibc has handed them back). Prints, per run, the thread CPU time of the conv nodes summed over a
+pass and of the whole pass (min / median), and which convs ran in floatconv. The logits of the
+two settings are checked bit-identical in every "on" run.
+
+    .venv/bin/python benchmarks/float_convs.py
+    .venv/bin/python benchmarks/float_convs.py --models resnet20 --batches 32 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+TRAINED = "results/models/vgg_small_w0.25_fmnist_lam1e-4_k4.mstc"
+
+
+def one(spec: str, backend: str, batch: int, on: bool, passes: int) -> str:
+    import mstc
+    import mstc.engine.runtime as runtime
+    from mstc.models import create_model
+
+    torch.set_num_threads(1)
+    if spec.endswith(".mstc"):
+        cm = mstc.load(spec)
+    else:
+        torch.manual_seed(0)
+        cm = mstc.compress(create_model(spec).eval(), complement=True)
+    x = np.random.default_rng(0).standard_normal((batch, *cm.input_shape)).astype(np.float32)
+    rt = runtime.Runtime(cm, backend, threads=1)
+    rt.float_convs = on
+    spent: dict[str, list[float]] = defaultdict(list)
+    conv2d = runtime.Runtime._conv2d
+
+    def timed(self, node, v):
+        t = time.thread_time()
+        y = conv2d(self, node, v)
+        spent[node.name].append(time.thread_time() - t)
+        return y
+
+    runtime.Runtime._conv2d = timed
+    first = rt.run(x)
+    for _ in range(2):
+        rt.run(x)
+    if on:
+        ref = runtime.Runtime(cm, backend, threads=1)
+        ref.float_convs = False
+        assert np.array_equal(first.view(np.uint32), ref.run(x).view(np.uint32))
+    spent.clear()
+    ts = []
+    for _ in range(passes):
+        t = time.thread_time()
+        rt.run(x)
+        ts.append(time.thread_time() - t)
+    convs = [sum(v[i] for v in spent.values()) for i in range(passes)]
+    used = sorted(k[0] for k, p in rt._float_conv_plans.items() if p is not None)
+    return (
+        f"{spec} b{batch} {backend} float_convs {'on ' if on else 'off'}: "
+        f"convs min {min(convs) * 1e3:.3f} med {np.median(convs) * 1e3:.3f} ms | "
+        f"pass min {min(ts) * 1e3:.2f} med {np.median(ts) * 1e3:.2f} ms | floatconv: {used}"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=f"resnet20,vgg_small,{TRAINED}")
+    p.add_argument("--backends", default="packed,mst")
+    p.add_argument("--batches", default="1,32")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument(
+        "--one", nargs=4, metavar=("SPEC", "BACKEND", "BATCH", "ON"), help=argparse.SUPPRESS
+    )
+    a = p.parse_args()
+    if a.one:
+        spec, backend, batch, on = a.one
+        b = int(batch)
+        print(one(spec, backend, b, on == "1", 300 if b == 1 else 20), flush=True)
+        return
+    for spec in a.models.split(","):
+        for batch in a.batches.split(","):
+            for backend in a.backends.split(","):
+                for _ in range(a.rounds):
+                    for on in ("0", "1"):
+                        cmd = [sys.executable, __file__, "--one", spec, backend, batch, on]
+                        subprocess.run(cmd, check=True)
+
+
+if __name__ == "__main__":
+    main()
