@@ -88,6 +88,19 @@ def test_exact_wherever_the_probe_says(n, c, o, h, w, k, stride, data):
     assert np.array_equal(_bits(conv(x, order)), _bits(_torch(x, weight, stride, padding)))
 
 
+def test_one_output_is_probed_many_times():
+    """A 3x3 input, 3x3 kernel: one output per probe. A single probe once matched the tap order
+    by chance while torch summed in another order (1 ulp apart on other data)."""
+    rng = np.random.default_rng(1101)
+    weight = rng.standard_normal((1, 1, 3, 3)).astype(np.float32)
+    conv = FloatConv(weight, (1, 1), (0, 0))
+    order = torch_order(conv, (1, 1, 3, 3))
+    for seed in range(50):
+        x = _data(np.random.default_rng(seed), (1, 1, 3, 3))
+        if order is not None:
+            assert np.array_equal(_bits(conv(x, order)), _bits(_torch(x, weight, 1, 0)))
+
+
 def test_rejects_bad_input():
     conv = FloatConv(np.ones((4, 3, 3, 3), np.float32), (1, 1), (1, 1))
     with pytest.raises(ValueError, match="channels"):
