@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import mstc
 from mstc.bench import cluster_weights
-from mstc.engine import backends, get_backend, run
+from mstc.engine import Runtime, backends, get_backend, run
 from mstc.engine.mst_kernel import MSTBackend
 from mstc.format import BinaryLayerCode, CompressedModel
 from mstc.models import create_model, list_models
@@ -46,6 +46,8 @@ def _delta_kernel(monkeypatch):
 
 
 def _same(cm: CompressedModel, x: np.ndarray, threads: int | None = None) -> None:
+    """Every fast backend: integer sums and logits equal to the reference backend's, in the
+    plain pass (which collects sums) and in the compiled inference pass, twice (buffers reused)."""
     ref_logits, ref = run(cm, x, "reference", return_sums=True)
     for b in FAST:
         logits, sums = run(cm, x, b, threads=threads, return_sums=True)
@@ -54,6 +56,9 @@ def _same(cm: CompressedModel, x: np.ndarray, threads: int | None = None) -> Non
             assert sums[k].dtype == np.int32 and sums[k].shape == ref[k].shape, (b, k)
             np.testing.assert_array_equal(sums[k], ref[k], err_msg=f"{b} {k}")
         np.testing.assert_array_equal(logits, ref_logits, err_msg=b)
+        rt = Runtime(cm, b, threads=threads)
+        for _ in range(2):
+            np.testing.assert_array_equal(rt.run(x), ref_logits, err_msg=f"{b} compiled")
 
 
 def test_registered():
@@ -105,6 +110,27 @@ def test_committed_mstc_files(path):
     reference, sums and logits."""
     cm = mstc.load(path)
     _same(cm, _input(5, (2, *cm.input_shape)))
+
+
+@pytest.mark.parametrize("path", COMPRESSED, ids=lambda p: Path(p).name)
+def test_compiled_pass_equals_plain_pass_in_every_plan(path):
+    """The compiled inference pass (Runtime._program) against the plain one, with mst's fused
+    links all on and all off, and with the pool's buffers reused pass after pass."""
+    cm = mstc.load(path)
+    x = _input(6, (3, *cm.input_shape))
+    for b in (*FAST, "reference"):
+        compiled, plain = Runtime(cm, b, threads=1), Runtime(cm, b, threads=1)
+        plain.compiled_passes = False
+        plans = [frozenset(compiled.fusions), frozenset()] if compiled.fusions else [None]
+        for links in plans:
+            for rt in (compiled, plain):
+                if links is not None:
+                    rt.plans[x.shape] = links
+            for _ in range(2):
+                a, c = compiled.run(x), plain.run(x)
+                np.testing.assert_array_equal(a.view(np.uint32), c.view(np.uint32), err_msg=b)
+        assert compiled._programs and not plain._programs
+        assert not compiled.pool._lent  # every buffer back after the pass
 
 
 # ------------------------------------------------------------------ single layers, hypothesis

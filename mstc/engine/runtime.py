@@ -25,6 +25,13 @@ every reader is a binary conv or an epilogue's shortcut add is skipped: the conv
 input by a per-channel float threshold (:func:`mstc.engine.fold.float_threshold_rule`), the
 epilogues apply it to the shortcut as ``fma(x, alpha, beta)``, a form kept only if it equals this
 runtime's torch BatchNorm on a probe (:func:`mstc.engine.epilogue.shortcut_bn_form`).
+
+Two executors. ``_pass`` walks the nodes with a dict of values (the plain one; it also collects
+the integer sums, ``return_sums``). For inference the runtime compiles each plan once into a
+:class:`Program` (``_program``): one closure per node that does work, values in numbered slots,
+identity nodes as aliases, engine arrays kept as numpy (no torch round trips), and the buffers to
+give back after each step listed in advance. It computes the same values as ``_pass``
+(tests compare the logits bit for bit); at batch 1 the per-node Python is a large part of a pass.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from mstc.engine.epilogue import EpilogueKernel, affine_form, shortcut_bn_form
 from mstc.engine.floatconv import FloatConv, faster_than_torch, torch_order
 from mstc.engine.floatops import avg_pool2d, pool_output_size
 from mstc.engine.fold import RuledInput, float_threshold_rule, threshold_rule
+from mstc.engine.sliced import BitPlanes
 from mstc.format import BinaryLayerCode, CompressedModel, Node
 
 
@@ -71,6 +79,35 @@ class Epilogue:
     pool: bool = False  # a 2x2 max pool after the BatchNorm (then no add, no PReLU)
     affine: tuple[np.ndarray, bool] | None = None  # the table's verified closed form, if any
     shortcut_bn: np.ndarray | None = None  # (2, C): a BatchNorm applied to the shortcut first
+
+
+#: ops whose output may share its input's memory (a torch view): released with their input
+_VIEW_OPS = ("flatten",)
+
+
+@dataclass
+class Program:
+    """A compiled pass (:meth:`Runtime._program`): ``steps[k](values)`` fills slots of the list
+    ``values``; after step k the slot groups ``releases[k]`` are dropped, their buffers given back
+    to the pool (a group: a value and the views of it)."""
+
+    steps: list
+    releases: list[list[tuple[int, ...]]]
+    n_slots: int
+    input_slot: int
+    output_slot: int
+
+
+def _np(v) -> np.ndarray:
+    """A float value as a C-contiguous numpy array (torch tensors share their memory)."""
+    if type(v) is np.ndarray:
+        return v
+    return np.ascontiguousarray(v.numpy())
+
+
+def _torch(v):
+    """A value as a torch tensor (numpy arrays share their memory)."""
+    return torch.from_numpy(v) if type(v) is np.ndarray else v
 
 
 def _is_pool2(a: dict) -> bool:
@@ -148,6 +185,9 @@ class Runtime:
         #: reproduces torch's conv bit for bit at the input shape and is faster (checked once per
         #: shape); "exact" wherever it is bit-identical (tests); False always torch's
         self.float_convs: bool | str = True
+        #: inference passes run a compiled Program per plan (False: the plain ``_pass``)
+        self.compiled_passes = True
+        self._programs: dict[tuple[frozenset[str], bool], Program] = {}
         #: (conv node, input shape, torch threads) -> (FloatConv, tap order), or None: torch's
         self._float_conv_plans: dict[tuple, tuple[FloatConv, str] | None] = {}
 
@@ -411,6 +451,11 @@ class Runtime:
         return skip
 
     def _forward(self, x: torch.Tensor, active: frozenset[str], return_sums: bool):
+        if self.compiled_passes and not return_sums:
+            try:
+                return self._execute(self._program(active), x)
+            finally:
+                self.pool.reclaim()
         try:
             logits, sums = self._pass(x, active, return_sums)
             for s in sums.values():  # they leave the pass too (return_sums)
@@ -490,6 +535,176 @@ class Runtime:
         assert out is not None
         return out.numpy(), sums
 
+    def _program(self, active: frozenset[str]) -> Program:
+        """The compiled pass of plan ``active`` (made once per plan and ``epilogues_in_xnor``):
+        the steps of :meth:`_pass` without ``return_sums``, as closures over slot numbers."""
+        key = (active, self.epilogues_in_xnor)
+        program = self._programs.get(key)
+        if program is None:
+            program = self._programs[key] = self._compile(active)
+        return program
+
+    def _compile(self, active: frozenset[str]) -> Program:
+        skip = self._skip_for(active)
+        slots: dict[str, int] = {}
+        group: list[int] = []  # slot -> the slot owning its memory
+
+        def slot(name: str, view_of: int | None = None) -> int:
+            if name not in slots:
+                slots[name] = len(group)
+                group.append(len(group) if view_of is None else group[view_of])
+            return slots[name]
+
+        steps: list = []
+        reads: list[list[int]] = []
+        deferred: dict[str, int] = {}  # conv run at its add -> the slot of its input
+        pending: dict[str, int] = {}  # conv -> slot of its sums, waiting for the add
+        backend, pool = self.backend, self.pool
+        input_slot = output_slot = -1
+
+        def conv_input(node: Node):
+            """(slot read, function of the slot's value giving the conv's input)."""
+            fold = self.input_folds.get(node.name)
+            if fold is not None:
+                mode, t = fold[2]
+                return slot(fold[1]), lambda v: RuledInput(_np(v), mode, t)
+            return slot(node.inputs[0]), lambda v: v if isinstance(v, BitPlanes) else _np(v)
+
+        for node in self.compressed.nodes:
+            name = node.name
+            if name in skip:
+                continue
+            if name in self._epilogue_at:
+                producer, e = self._epilogue_at[name]
+                kernel, sc, out = self._epilogue_kernel(e), slot(e.shortcut), slot(e.output)
+                if producer in deferred:
+                    src, make = deferred.pop(producer)
+                    layer = self.compressed.layers[self._nodes[producer].attrs["layer"]]
+
+                    def step(v, src=src, make=make, layer=layer, kernel=kernel, sc=sc, out=out):
+                        v[out] = backend.conv2d_epilogue(layer, make(v[src]), kernel, _np(v[sc]))
+
+                    steps.append(step)
+                    reads.append([src, sc])
+                else:
+                    sums = pending.pop(producer)
+
+                    def step(v, e=e, sums=sums, sc=sc, out=out):
+                        v[out] = self._epilogue_np(e, v[sums], _np(v[sc]))
+
+                    steps.append(step)
+                    reads.append([sums, sc])
+                continue
+            if node.op == "input":
+                input_slot = slot(name)
+                continue
+            if node.op == "output":
+                output_slot = slot(node.inputs[0])
+                reads.append([output_slot])  # keeps it to the end
+                steps.append(lambda v: None)
+                continue
+            if node.op == "identity":
+                slots[name] = slot(node.inputs[0])  # the same value
+                continue
+            f = self.fusions.get(name) if name in active else None
+            e = self.epilogues.get(name) if f is None else None
+            if f is not None:
+                src, make = conv_input(node)
+                layer = self.compressed.layers[node.attrs["layer"]]
+                out = slot(f.output)
+
+                def step(v, src=src, make=make, layer=layer, f=f, out=out):
+                    v[out] = backend.conv2d_fused(
+                        layer, make(v[src]), f.rule, f.pool, f.consumer, want_sums=False
+                    )[0]
+
+                steps.append(step)
+                reads.append([src])
+            elif e is not None and self._fuses_into_conv(node, e):
+                deferred[name] = conv_input(node)  # run at the add, once the shortcut exists
+            elif e is not None:
+                src, make = conv_input(node)
+                at_conv = e.at == name
+                out = slot(e.output if at_conv else f"{name}/sums")
+                if not at_conv:
+                    pending[name] = out
+
+                def step(v, node=node, src=src, make=make, e=e, out=out, at_conv=at_conv):
+                    s = self._binary_sums(node, make(v[src]))
+                    if at_conv:
+                        v[out] = self._epilogue_np(e, s, None)
+                        pool.give(s)
+                    else:
+                        v[out] = s
+
+                steps.append(step)
+                reads.append([src])
+            else:
+                ins = [slot(i) for i in node.inputs]
+                if node.name in self.input_folds:
+                    src, make = conv_input(node)
+                    ins = [src]
+                else:
+                    make = None
+                view = ins[0] if node.op in _VIEW_OPS else None
+                out = slot(name, view_of=view)
+
+                def step(v, node=node, ins=ins, make=make, out=out):
+                    if make is not None:
+                        args = [make(v[ins[0]])]
+                    else:
+                        args = [_torch(v[i]) for i in ins]
+                    v[out] = self._apply(node, args, {}, False)
+
+                steps.append(step)
+                reads.append(ins)
+        if input_slot < 0 or output_slot < 0:
+            raise ValueError("the graph has no input or no output node")
+        # release each memory group after the last step reading any of its slots
+        last: dict[int, int] = {}
+        for k, rs in enumerate(reads):
+            for r in rs:
+                last[group[r]] = k
+        members: dict[int, list[int]] = {}
+        for sl, g in enumerate(group):
+            members.setdefault(g, []).append(sl)
+        releases: list[list[tuple[int, ...]]] = [[] for _ in steps]
+        for g, k in last.items():
+            if g != group[output_slot]:
+                releases[k].append((g, *[m for m in members[g] if m != g]))
+        return Program(steps, releases, len(group), input_slot, output_slot)
+
+    def _execute(self, program: Program, x: torch.Tensor) -> np.ndarray:
+        v: list = [None] * program.n_slots
+        v[program.input_slot] = x
+        pool = self.pool
+        with torch.no_grad():
+            for step, release in zip(program.steps, program.releases, strict=True):
+                step(v)
+                for root, *views in release:
+                    a = v[root]
+                    if type(a) is np.ndarray:
+                        pool.give(a)
+                    elif isinstance(a, torch.Tensor) and a.numel():
+                        pool.give_address(a.untyped_storage().data_ptr())
+                    v[root] = None
+                    for m in views:
+                        v[m] = None
+        out = v[program.output_slot]
+        if type(out) is np.ndarray:
+            return out.copy() if pool.lent(pool._address(out)) else out
+        if pool.lent(out.untyped_storage().data_ptr()):  # leaves the pass
+            out = out.clone()
+        return out.numpy()
+
+    def _epilogue_np(self, e: Epilogue, s: np.ndarray, shortcut: np.ndarray | None):
+        """:meth:`_run_epilogue` as a numpy array."""
+        kernel = self._epilogue_kernel(e)
+        t = self.backend.threads
+        N, C = s.shape[:2]
+        shape = (N, C, s.shape[2] // 2, s.shape[3] // 2) if e.pool else s.shape
+        return kernel(s, shortcut, t if t else 1, out=self.pool.empty(shape, np.float32))
+
     def _free(self, node: Node, i: int, values: dict[str, Any]) -> None:
         """Drop the activations whose last use is node i; give their buffers back to the pool
         unless another live value (a view, an identity) still reads the same memory."""
@@ -531,12 +746,7 @@ class Runtime:
         )
 
     def _run_epilogue(self, e: Epilogue, s: np.ndarray, shortcut: np.ndarray | None):
-        kernel = self._epilogue_kernel(e)
-        t = self.backend.threads
-        N, C = s.shape[:2]
-        shape = (N, C, s.shape[2] // 2, s.shape[3] // 2) if e.pool else s.shape
-        buf = self.pool.empty(shape, np.float32)
-        return torch.from_numpy(kernel(s, shortcut, t if t else 1, out=buf))
+        return torch.from_numpy(self._epilogue_np(e, s, shortcut))
 
     def _binary_sums(self, node: Node, xin) -> np.ndarray:
         """int32 sums of a binary layer from the backend."""
