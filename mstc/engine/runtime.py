@@ -4,9 +4,10 @@ Binary layers go to the chosen backend (integer sums, exact); full-precision ope
 ``torch.nn.functional`` in float32, the same functions the PyTorch model calls, so every float value
 -- in particular every value that a later layer binarises -- is bit-identical to the PyTorch
 model's. (A float re-implementation with another summation order could flip sign() of a value that
-is within rounding of 0 and break the integer contract downstream.) The one exception,
-avg_pool2d, runs :mod:`mstc.engine.floatops`: torch's own CPU arithmetic in the same order,
-tested bit-identical.
+is within rounding of 0 and break the integer contract downstream.) Two exceptions repeat torch's
+own CPU arithmetic in the same order: avg_pool2d (:mod:`mstc.engine.floatops`, tested
+bit-identical) and conv2d where a probe at the input shape shows the order
+(:mod:`mstc.engine.floatconv`, used only where bit-identical and faster).
 
 Fusion. With a backend that sets ``fuses = True`` (the "mst" backend), a chain binary conv ->
 BatchNorm -> [2x2 max pool] -> binary conv whose intermediate values have no other use is run
