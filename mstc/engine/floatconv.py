@@ -67,39 +67,34 @@ def _kernel(taps: tuple[tuple[int, int, int], ...], sh: int, sw: int, ob: int) -
     """The numba kernel ``k(xp, wt, out)`` for one tap list: ``xp`` the zero-padded input
     (N, C, Hp, Wp), ``wt`` (T, O) the weights in tap order, ``out`` (N, O, Ho, Wo); output
     channels in blocks of ``ob`` (O % ob == 0). sh = sw = 0: a 1x1 conv on flat planes,
-    ``xp`` (N, C, P) and ``out`` (N, O, P)."""
+    ``xp`` (N, C, P) and ``out`` (N, O, P), one long loop over the positions."""
     key = (taps, sh, sw, ob)
     if key in _compiled:
         return _compiled[key]
     T = len(taps)
-    if sh == 0:  # 1x1, stride 1, no padding: one long loop over the positions
-        src = [
-            "def k(xp, wt, out):",
-            "    N = out.shape[0]; O = out.shape[1]; P = out.shape[2]",
-            "    for n in range(N):",
-            f"        for o0 in range(0, O, {ob}):",
-        ]
-        src += [f"            w{j}_{t} = wt[{t}, o0 + {j}]" for j in range(ob) for t in range(T)]
-        src += ["            for p in range(P):"]
-        src += [f"                s{j} = np.float32(0.0)" for j in range(ob)]
-        for t, (c, _, _) in enumerate(taps):
-            src.append(f"                v = xp[n, {c}, p]")
-            src += [f"                s{j} = s{j} + v * w{j}_{t}" for j in range(ob)]
-        src += [f"                out[n, o0 + {j}, p] = s{j}" for j in range(ob)]
-        return _compile(key, src)
+    if sh == 0:
+        dims, loops, at = "P = out.shape[2]", ["for p in range(P):"], "p"
+    else:
+        dims = "Ho = out.shape[2]; Wo = out.shape[3]"
+        loops, at = ["for y in range(Ho):", "    for x in range(Wo):"], "y, x"
+    inner = " " * (12 + 4 * len(loops))
+
+    def tap(c: int, kh: int, kw: int) -> str:
+        return f"xp[n, {c}, p]" if sh == 0 else f"xp[n, {c}, y * {sh} + {kh}, x * {sw} + {kw}]"
+
     src = [
         "def k(xp, wt, out):",
-        "    N = out.shape[0]; O = out.shape[1]; Ho = out.shape[2]; Wo = out.shape[3]",
+        f"    N = out.shape[0]; O = out.shape[1]; {dims}",
         "    for n in range(N):",
         f"        for o0 in range(0, O, {ob}):",
     ]
     src += [f"            w{j}_{t} = wt[{t}, o0 + {j}]" for j in range(ob) for t in range(T)]
-    src += ["            for y in range(Ho):", "                for x in range(Wo):"]
-    src += [f"                    s{j} = np.float32(0.0)" for j in range(ob)]
+    src += ["            " + line for line in loops]
+    src += [f"{inner}s{j} = np.float32(0.0)" for j in range(ob)]
     for t, (c, kh, kw) in enumerate(taps):
-        src.append(f"                    v = xp[n, {c}, y * {sh} + {kh}, x * {sw} + {kw}]")
-        src += [f"                    s{j} = s{j} + v * w{j}_{t}" for j in range(ob)]
-    src += [f"                    out[n, o0 + {j}, y, x] = s{j}" for j in range(ob)]
+        src.append(f"{inner}v = {tap(c, kh, kw)}")
+        src += [f"{inner}s{j} = s{j} + v * w{j}_{t}" for j in range(ob)]
+    src += [f"{inner}out[n, o0 + {j}, {at}] = s{j}" for j in range(ob)]
     return _compile(key, src)
 
 
