@@ -133,6 +133,23 @@ def test_compiled_pass_equals_plain_pass_in_every_plan(path):
         assert not compiled.pool._lent  # every buffer back after the pass
 
 
+def test_compiled_pass_follows_replaced_epilogues():
+    """Replacing the runtime's epilogues (here: table lookups instead of closed forms) after a
+    compiled pass makes a new program, same logits."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    cm = mstc.compress(create_model("resnet20", width=0.3).eval(), input_shape=(3, 16, 16))
+    x = _input(7, (2, 3, 16, 16))
+    rt = Runtime(cm, "packed", threads=1)
+    first = rt.run(x)
+    rt.epilogues = {k: dataclasses.replace(e, affine=None) for k, e in rt.epilogues.items()}
+    rt._epilogue_at = {e.at: (k, e) for k, e in rt.epilogues.items() if e.at != k}
+    np.testing.assert_array_equal(rt.run(x).view(np.uint32), first.view(np.uint32))
+    assert len(rt._programs) == 2
+    assert all(not k.fuses_into_xnor for _, k in rt._epilogue_kernels.values())
+
+
 # ------------------------------------------------------------------ single layers, hypothesis
 
 

@@ -188,7 +188,7 @@ class Runtime:
         self.float_convs: bool | str = True
         #: inference passes run a compiled Program per plan (False: the plain ``_pass``)
         self.compiled_passes = True
-        self._programs: dict[tuple[frozenset[str], bool], Program] = {}
+        self._programs: dict[tuple, Program] = {}
         #: (conv node, input shape, torch threads) -> (FloatConv, tap order), or None: torch's
         self._float_conv_plans: dict[tuple, tuple[FloatConv, str] | None] = {}
 
@@ -538,8 +538,16 @@ class Runtime:
 
     def _program(self, active: frozenset[str]) -> Program:
         """The compiled pass of plan ``active`` (made once per plan and ``epilogues_in_xnor``):
-        the steps of :meth:`_pass` without ``return_sums``, as closures over slot numbers."""
-        key = (active, self.epilogues_in_xnor)
+        the steps of :meth:`_pass` without ``return_sums``, as closures over slot numbers. Made
+        again if ``epilogues``, ``fusions`` or ``input_folds`` are replaced (not mutated)."""
+        key = (
+            active,
+            self.epilogues_in_xnor,
+            id(self.epilogues),
+            id(self._epilogue_at),
+            id(self.fusions),
+            id(self.input_folds),
+        )
         program = self._programs.get(key)
         if program is None:
             program = self._programs[key] = self._compile(active)
