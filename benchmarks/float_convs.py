@@ -4,7 +4,8 @@ Each configuration runs in its own process, ``Runtime.float_convs`` off and on a
 (``--rounds`` pairs): in one process the two would share glibc's heap, and what torch's convs
 cost in a pass depends on it (their outputs are fresh allocations whose pages fault again when
 glibc has handed them back). Prints, per run, the thread CPU time of the conv nodes summed over a
-pass and of the whole pass (min / median), and which convs ran in floatconv. The logits of the
+pass (a conv whose readers only binarise it: conv and packing, ``Runtime._stem_bits``) and of the
+whole pass (min / median), and which convs ran in floatconv (as packed bits or floats). The logits of the
 two settings are checked bit-identical in every "on" run.
 
     .venv/bin/python benchmarks/float_convs.py
@@ -40,15 +41,24 @@ def one(spec: str, backend: str, batch: int, on: bool, passes: int) -> str:
     rt = runtime.Runtime(cm, backend, threads=1)
     rt.float_convs = on
     spent: dict[str, list[float]] = defaultdict(list)
-    conv2d = runtime.Runtime._conv2d
+    depth = [0]  # _stem_bits may call _conv2d: time the outer call only
 
-    def timed(self, node, v):
-        t = time.thread_time()
-        y = conv2d(self, node, v)
-        spent[node.name].append(time.thread_time() - t)
-        return y
+    def timer(method):
+        def timed(self, node, *args):
+            depth[0] += 1
+            t = time.thread_time()
+            try:
+                return method(self, node, *args)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    spent[node.name].append(time.thread_time() - t)
 
-    runtime.Runtime._conv2d = timed
+        return timed
+
+    # a conv whose readers only binarise it runs in _stem_bits (conv + packing)
+    runtime.Runtime._stem_bits = timer(runtime.Runtime._stem_bits)
+    runtime.Runtime._conv2d = timer(runtime.Runtime._conv2d)
     first = rt.run(x)
     for _ in range(2):
         rt.run(x)
@@ -63,7 +73,11 @@ def one(spec: str, backend: str, batch: int, on: bool, passes: int) -> str:
         rt.run(x)
         ts.append(time.thread_time() - t)
     convs = [sum(v[i] for v in spent.values()) for i in range(passes)]
-    used = sorted(k[0] for k, p in rt._float_conv_plans.items() if p is not None)
+    used = sorted(
+        f"{k[1]} (packed bits)" if k[0] == "bits" else k[0]
+        for k, p in rt._float_conv_plans.items()
+        if p is not None
+    )
     return (
         f"{spec} b{batch} {backend} float_convs {'on ' if on else 'off'}: "
         f"convs min {min(convs) * 1e3:.3f} med {np.median(convs) * 1e3:.3f} ms | "

@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 import mstc
 import mstc.engine.floatconv as floatconv
 from mstc.engine import Runtime
-from mstc.engine.floatconv import FloatConv, probe_input, torch_order
+from mstc.engine.floatconv import FloatConv, probe_input, rule_compare, torch_order
+from mstc.engine.fold import CONST0, CONST1, GE, LE, PackedBits, RuledInput, float_rule_bits
+from mstc.engine.packed import packed_input
 from mstc.models import create_model
 
 
@@ -101,6 +103,79 @@ def test_one_output_is_probed_many_times():
             assert np.array_equal(_bits(conv(x, order)), _bits(_torch(x, weight, 1, 0)))
 
 
+def _rule(rng, o):
+    mode = rng.choice([GE, LE, CONST0, CONST1], size=o, p=[0.5, 0.3, 0.1, 0.1]).astype(np.int8)
+    t = rng.standard_normal(o).astype(np.float32)
+    t[rng.random(o) < 0.2] = 0.0
+    t[rng.random(o) < 0.1] = -0.0
+    return mode, t
+
+
+def test_rule_compare_equals_the_float_rule():
+    rng = np.random.default_rng(3)
+    mode, t = _rule(rng, 64)
+    g, h = rule_compare((mode, t))
+    special = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 3.4e38]
+    x = np.concatenate([rng.standard_normal((200, 64)), np.tile(special, (64, 1)).T])
+    x = np.concatenate(
+        [x, t[None, :], np.nextafter(t, np.inf)[None], np.nextafter(t, -np.inf)[None]]
+    )
+    x = x.astype(np.float32)
+    want = float_rule_bits(x.T[None], mode, t)[0].T.astype(bool)
+    with np.errstate(invalid="ignore"):
+        got = x * g >= h
+    assert np.array_equal(got, want)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 3),
+    o=st.sampled_from([1, 3, 8, 32, 33, 70]),
+    h=st.integers(3, 10),
+    w=st.integers(3, 10),
+    k=st.sampled_from([1, 3]),
+    pad_out=st.integers(0, 2),
+    seed=st.integers(0, 3),
+)
+def test_packed_bits_equal_packing_the_float_output(n, c, o, h, w, k, pad_out, seed):
+    """conv + rule + packing in one kernel: the words of packed_input on the float conv (NaN and
+    infinities included: inf - inf in a chain), more than 32 and 64 channels, any padding."""
+    rng = np.random.default_rng(seed)
+    weight = rng.standard_normal((o, c, k, k)).astype(np.float32)
+    conv = FloatConv(weight, (1, 1), (k // 2, k // 2))
+    x = _data(rng, (n, c, h, w))
+    x[0, 0, 0, :2] = [np.inf, -np.inf]
+    order = torch_order(conv, x.shape)
+    if order is None:
+        return
+    rule = _rule(rng, o)
+    want = packed_input(conv(x, order), (pad_out, pad_out), 1, rule)
+    got = conv.packed_bits(x, order, rule_compare(rule), (pad_out, pad_out))
+    assert got.dtype == np.uint64 and np.array_equal(got, want)
+
+
+def test_backends_take_packed_bits_like_the_ruled_float_input():
+    """A binary conv fed PackedBits gives the sums it gives for the RuledInput they came from."""
+    torch.manual_seed(0)
+    model = create_model("vgg_small", width=0.1, in_channels=1, image_size=16).eval()
+    cm = mstc.compress(model, complement=True, input_shape=(1, 16, 16))
+    layer = next(iter(cm.layers.values()))
+    rng = np.random.default_rng(4)
+    xf = _data(rng, (3, layer.cin, 16, 16))
+    rule = _rule(rng, layer.cin)
+    bits = PackedBits(
+        packed_input(xf, tuple(layer.padding), 1, rule), xf.shape, tuple(layer.padding)
+    )
+    for name in ("packed", "mst"):
+        rt = Runtime(cm, name, threads=1)
+        want = rt.backend.conv2d(layer, RuledInput(xf, *rule))
+        assert np.array_equal(rt.backend.conv2d(layer, bits), want), name
+        bad = PackedBits(bits.words, bits.shape, (0, 0))
+        with pytest.raises(ValueError, match="padded"):
+            rt.backend.conv2d(layer, bad)
+
+
 def test_rejects_bad_input():
     conv = FloatConv(np.ones((4, 3, 3, 3), np.float32), (1, 1), (1, 1))
     with pytest.raises(ValueError, match="channels"):
@@ -157,3 +232,7 @@ def test_runtime_logits_and_sums_unchanged(name, kw, shape):
         assert not theirs._float_conv_plans
         assert np.array_equal(_bits(a), _bits(b)), backend
         assert sa.keys() == sb.keys() and all(np.array_equal(sa[k], sb[k]) for k in sa)
+        if backend != "reference":  # the compiled pass, with vgg's stem made as packed bits
+            assert np.array_equal(_bits(ours.run(x)), _bits(b)), backend
+            stems = [k for k, p in ours._float_conv_plans.items() if k[0] == "bits" and p]
+            assert bool(stems) == (name == "vgg_small"), backend

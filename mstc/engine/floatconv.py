@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from numba import njit
 
 from mstc.engine.buffers import BufferPool, empty
+from mstc.engine.fold import CONST1, GE, LE
 from mstc.io import write_text_atomic
 
 ORDERS = ("tap", "channel")
@@ -95,6 +96,61 @@ def _kernel(taps: tuple[tuple[int, int, int], ...], sh: int, sw: int, ob: int) -
         src.append(f"{inner}v = {tap(c, kh, kw)}")
         src += [f"{inner}s{j} = s{j} + v * w{j}_{t}" for j in range(ob)]
     src += [f"{inner}out[n, o0 + {j}, {at}] = s{j}" for j in range(ob)]
+    return _compile(key, src)
+
+
+def _bits_kernel(taps: tuple[tuple[int, int, int], ...], ob: int) -> Callable:
+    """The numba kernel of :meth:`FloatConv.packed_bits` (stride 1):
+    ``k(xf, wt, g, h, Ho, Wo, Wp, ph2, pw2, out, row, lo, hi)``. ``xf`` (N, C, Hp * Wp + tail)
+    holds the zero-padded input planes flat, so a tap is a shift by ``kh * Wp + kw`` and one loop
+    runs over the ``Ho * Wp`` positions of a block of ``ob`` channels (the pad columns computed and
+    dropped); the same fma chains as :func:`_kernel`, then ``s * g_c >= h_c`` ored into the 32-bit
+    lanes ``lo`` / ``hi`` (channels 0-31 / 32-63 of each 64-channel word). Unsigned indices: with
+    signed ones numba's negative-index check kept the loop scalar (4-5x slower)."""
+    key = ("bits", taps, ob)
+    if key in _compiled:
+        return _compiled[key]
+    T = len(taps)
+    i3, i4, i5 = " " * 12, " " * 16, " " * 20
+    bits = " | ".join(f"(np.uint32(row[{j}, q] * g{j} >= h{j}) << b{j})" for j in range(ob))
+    src = [
+        "def k(xf, wt, g, h, Ho, Wo, Wp, ph2, pw2, out, row, lo, hi):",
+        "    N = out.shape[0]; Hq = out.shape[1]; Wq = out.shape[2]; CW = out.shape[3]",
+        "    O = wt.shape[1]; L = np.uint64(Ho * Wp); Wu = np.uint64(Wp)",
+        "    for n in range(N):",
+        "        for r in range(Hq):",
+        "            for q in range(Wq):",
+        "                if r < ph2 or r >= Ho + ph2 or q < pw2 or q >= Wo + pw2:",
+        "                    for cw in range(CW):",
+        "                        out[n, r, q, cw] = 0",
+        "        for cw in range(CW):",
+        "            for q in range(L):",
+        "                lo[q] = 0",
+        "                hi[q] = 0",
+        f"            for o0 in range(64 * cw, min(O, 64 * cw + 64), {ob}):",
+    ]
+    src += [f"{i4}w{j}_{t} = wt[{t}, o0 + {j}]" for j in range(ob) for t in range(T)]
+    src += [f"{i4}g{j} = g[o0 + {j}]; h{j} = h[o0 + {j}]" for j in range(ob)]
+    src += [f"{i4}b{j} = np.uint32((o0 + {j}) & 31)" for j in range(ob)]
+    src += [f"{i4}for q in range(L):"]
+    src += [f"{i5}s{j} = np.float32(0.0)" for j in range(ob)]
+    for t, (c, kh, kw) in enumerate(taps):
+        src.append(f"{i5}v = xf[n, {c}, q + np.uint64({kh}) * Wu + np.uint64({kw})]")
+        src += [f"{i5}s{j} = s{j} + v * w{j}_{t}" for j in range(ob)]
+    src += [f"{i5}row[{j}, q] = s{j}" for j in range(ob)]
+    src += [
+        f"{i4}if o0 - 64 * cw >= 32:",
+        f"{i5}for q in range(L):",
+        f"{i5}    hi[q] |= {bits}",
+        f"{i4}else:",
+        f"{i5}for q in range(L):",
+        f"{i5}    lo[q] |= {bits}",
+        f"{i3}for y in range(Ho):",
+        f"{i3}    for x in range(Wo):",
+        f"{i3}        p = y * Wp + x",
+        f"{i3}        out[n, y + ph2, x + pw2, cw] = np.uint64(lo[p]) | (np.uint64(hi[p]) << np.uint64(32))",
+        "    return out",
+    ]
     return _compile(key, src)
 
 
@@ -171,22 +227,8 @@ class FloatConv:
             raise ValueError(f"input {x_shape} too small for a {KH}x{KW} kernel")
         return N, O, Ho, Wo
 
-    def __call__(
-        self,
-        x: np.ndarray,
-        order: str,
-        pool: BufferPool | None = None,
-        out: np.ndarray | None = None,
-    ) -> np.ndarray:
-        if not self.supported:
-            raise ValueError(f"a {self.weight.shape} kernel unrolls too far (> {MAX_UNROLLED})")
-        if x.dtype != np.float32 or x.ndim != 4 or not x.flags.c_contiguous:
-            raise ValueError("input must be a C-contiguous float32 (N, C, H, W) array")
-        shape = self.output_shape(x.shape)
-        if out is None:
-            out = empty(pool, shape, np.float32)
-        elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-            raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}")
+    def _taps(self, order: str) -> tuple[tuple[tuple[int, int, int], ...], np.ndarray]:
+        """The tap list of ``order`` and the weights (T, O) in that order (made once)."""
         O, C, KH, KW = self.weight.shape
         taps = tuple(_tap_list(C, KH, KW, order))
         if order not in self._wt:
@@ -194,27 +236,111 @@ class FloatConv:
             self._wt[order] = np.ascontiguousarray(
                 np.stack([w[:, c, kh, kw] for c, kh, kw in taps]), dtype=np.float32
             )
-        ph, pw = self.padding
+        return taps, self._wt[order]
+
+    def _check(self, x: np.ndarray) -> tuple[int, int, int, int]:
+        """The output shape for input ``x``, after checking it."""
+        if not self.supported:
+            raise ValueError(f"a {self.weight.shape} kernel unrolls too far (> {MAX_UNROLLED})")
+        if x.dtype != np.float32 or x.ndim != 4 or not x.flags.c_contiguous:
+            raise ValueError("input must be a C-contiguous float32 (N, C, H, W) array")
+        return self.output_shape(x.shape)
+
+    def __call__(
+        self,
+        x: np.ndarray,
+        order: str,
+        pool: BufferPool | None = None,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        shape = self._check(x)
+        if out is None:
+            out = empty(pool, shape, np.float32)
+        elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}")
+        taps, wt = self._taps(order)
+        N, C, H, W = x.shape
+        O, (ph, pw) = shape[1], self.padding
+        if self.weight.shape[2:] == (1, 1) and self.stride == (1, 1) and not (ph or pw):
+            _kernel(taps, 0, 0, self.block)(x.reshape(N, C, H * W), wt, out.reshape(N, O, -1))
+            return out
         xp = x
         if ph or pw:
-            N, _, H, W = x.shape
             xp = empty(pool, (N, C, H + 2 * ph, W + 2 * pw), np.float32)
             xp[:, :, :ph] = 0
             xp[:, :, H + ph :] = 0
             xp[:, :, ph : H + ph, :pw] = 0
             xp[:, :, ph : H + ph, W + pw :] = 0
             xp[:, :, ph : H + ph, pw : W + pw] = x
-        N = x.shape[0]
-        if KH == KW == 1 and self.stride == (1, 1) and not (ph or pw):
-            P = x.shape[2] * x.shape[3]
-            _kernel(taps, 0, 0, self.block)(
-                x.reshape(N, C, P), self._wt[order], out.reshape(N, O, P)
-            )
-            return out
-        _kernel(taps, *self.stride, self.block)(xp, self._wt[order], out)
+        _kernel(taps, *self.stride, self.block)(xp, wt, out)
         if xp is not x and pool is not None:
             pool.give(xp)
         return out
+
+    def packed_bits(
+        self,
+        x: np.ndarray,
+        order: str,
+        compare: tuple[np.ndarray, np.ndarray],
+        padding: tuple[int, int],
+        pool: BufferPool | None = None,
+    ) -> np.ndarray:
+        """The conv's output binarised by a per-channel float rule and packed as
+        :func:`mstc.engine.packed.packed_input` packs it -- ``[N, Ho + 2 ph, Wo + 2 pw,
+        ceil(O / 64)]`` uint64, pad bits 0 -- without the float output reaching memory (stride 1
+        only, :attr:`packs_bits`). The same fma chains as :meth:`__call__`, then
+        ``bit = s * g_c >= h_c`` with ``compare`` = (g, h) from :func:`rule_compare`."""
+        N, O, Ho, Wo = self._check(x)
+        if not self.packs_bits:
+            raise ValueError("packed_bits needs stride 1")
+        g, h = compare
+        if g.shape != (O,) or h.shape != (O,) or g.dtype != np.float32 or h.dtype != np.float32:
+            raise ValueError(f"compare arrays must be float32 ({O},)")
+        taps, wt = self._taps(order)
+        _, C, H, W = x.shape
+        (ph, pw), KW = self.padding, self.weight.shape[3]
+        Hp, Wp = H + 2 * ph, W + 2 * pw
+        # flat padded planes; the tail covers the last row's pad-column reads
+        xf = empty(pool, (N, C, Hp * Wp + KW), np.float32)
+        xf[:, :, Hp * Wp :] = 0
+        grid = xf[:, :, : Hp * Wp].reshape(N, C, Hp, Wp)
+        grid[:, :, :ph] = 0
+        grid[:, :, H + ph :] = 0
+        grid[:, :, ph : H + ph, :pw] = 0
+        grid[:, :, ph : H + ph, W + pw :] = 0
+        grid[:, :, ph : H + ph, pw : W + pw] = x
+        ph2, pw2 = int(padding[0]), int(padding[1])
+        words = empty(pool, (N, Ho + 2 * ph2, Wo + 2 * pw2, (O + 63) // 64), np.uint64)
+        L = Ho * Wp
+        row = empty(pool, (self.block, L), np.float32)
+        lanes = empty(pool, (2, L), np.uint32)  # lo / hi 32-bit lane words of a row of positions
+        kernel = _bits_kernel(taps, self.block)
+        kernel(xf, wt, g, h, Ho, Wo, Wp, ph2, pw2, words, row, lanes[0], lanes[1])
+        if pool is not None:
+            for a in (xf, row, lanes):
+                pool.give(a)
+        return words
+
+    @property
+    def packs_bits(self) -> bool:
+        """Whether :meth:`packed_bits` applies (stride 1, a kernel within the unroll budget)."""
+        return self.supported and self.stride == (1, 1)
+
+
+def rule_compare(rule: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(g, h) float32 with ``bit = x * g_c >= h_c`` equal to the float rule (mode, t) of
+    :mod:`mstc.engine.fold` for every float32 x: GE (1, t), LE (-1, -t) (x <= t iff -x >= -t,
+    negation being exact), CONST1 (1, -inf): every non-NaN x, CONST0 (1, NaN): none; NaN x gives 0
+    as in :func:`mstc.engine.packed.packed_input`."""
+    mode = np.asarray(rule[0])
+    t = np.asarray(rule[1], dtype=np.float32)
+    if mode.shape != t.shape or mode.ndim != 1:
+        raise ValueError(f"rule arrays of shapes {mode.shape} and {t.shape}")
+    g = np.where(mode == LE, np.float32(-1), np.float32(1)).astype(np.float32)
+    h = np.select(
+        [mode == GE, mode == LE, mode == CONST1], [t, -t, np.float32(-np.inf)], np.float32(np.nan)
+    ).astype(np.float32)
+    return g, h
 
 
 def probe_input(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

@@ -84,6 +84,19 @@ class RuledInput:
         return tuple(self.x.shape)
 
 
+@dataclass(frozen=True)
+class PackedBits:
+    """A binary conv's input already binarised and packed, in the layout of
+    :func:`mstc.engine.packed.packed_input`: ``words`` uint64 [N, H + 2 ph, W + 2 pw, ceil(C / 64)],
+    pad bits 0, for a conv with ``padding`` (ph, pw). The runtime makes it where a float conv's
+    only readers are binary convs through one folded BatchNorm
+    (:meth:`mstc.engine.floatconv.FloatConv.packed_bits`: the float output never exists)."""
+
+    words: np.ndarray
+    shape: tuple[int, int, int, int]  # (N, C, H, W) of the binary activation
+    padding: tuple[int, int]
+
+
 def _key(z: np.ndarray) -> np.ndarray:
     """float32 -> int64 keys in the order of the values (-0.0 just below +0.0)."""
     i = np.asarray(z, dtype=np.float32).view(np.int32).astype(np.int64)

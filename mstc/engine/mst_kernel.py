@@ -31,7 +31,7 @@ from numba import njit, prange
 
 from mstc.engine.backend import Backend, fastest, register_backend
 from mstc.engine.buffers import empty
-from mstc.engine.fold import CONST1, GE, LE, RuledInput
+from mstc.engine.fold import CONST1, GE, LE, PackedBits, RuledInput
 from mstc.engine.packed import (
     _set_threads,
     check_input,
@@ -44,8 +44,10 @@ from mstc.engine.packed import (
 )
 from mstc.engine.sliced import (
     BitPlanes,
+    PlaneGeometry,
     SlicedLayer,
     emit_planes,
+    grid_words,
     output_hw,
     pack_planes,
     plane_geometry,
@@ -55,6 +57,7 @@ from mstc.engine.sliced import (
     run_layer,
     sliceable,
     unpack_sums,
+    words_to_planes,
 )
 from mstc.format import BinaryLayerCode
 
@@ -318,7 +321,7 @@ class _Input:
                 self._packed = planes_to_packed(x)
             else:
                 self._packed = pack_binary_input(x, self.padding, self.nthreads, self.pool)
-                self._pooled = self.pool is not None
+                self._pooled = self.pool is not None and not isinstance(x, PackedBits)
         return self._packed
 
     def release(self) -> None:
@@ -333,6 +336,11 @@ class _Input:
             return planes_to_signed(x, tail)
         if isinstance(x, RuledInput):
             return signed_planes(x.x, self.padding, tail, self.nthreads, (x.mode, x.t))
+        if isinstance(x, PackedBits):
+            n, c, h, w = x.shape
+            hp, wp = h + 2 * x.padding[0], w + 2 * x.padding[1]
+            g = PlaneGeometry(n, c, h, w, *x.padding, grid_words(n, hp, wp))
+            return planes_to_signed(words_to_planes(x.words, g), tail)
         return signed_planes(x, self.padding, tail, self.nthreads)
 
 
@@ -560,6 +568,8 @@ class MSTBackend(Backend):
         g = plane_geometry(layer, x.shape[0], x.shape[2], x.shape[3])
         if isinstance(x, RuledInput):
             return pack_planes(x.x, g, (x.mode, x.t))
+        if isinstance(x, PackedBits):
+            return words_to_planes(x.words, g)
         return pack_planes(x, g)
 
     def _choose(self, key, run_sliced, run_int) -> str:

@@ -24,7 +24,7 @@ from mstc.bitpack import pack_words
 from mstc.engine.backend import Backend, register_backend
 from mstc.engine.buffers import empty
 from mstc.engine.epilogue import fma32
-from mstc.engine.fold import CONST1, GE, LE, RuledInput
+from mstc.engine.fold import CONST1, GE, LE, PackedBits, RuledInput
 from mstc.format import BinaryLayerCode
 
 #: words of patch tile (patch words x positions) the XNOR kernel gathers per unit of output rows
@@ -192,7 +192,10 @@ def _pack_one(x, ph, pw, mode, t, out):  # pragma: no cover - numba
 def pack_binary_input(x, padding: tuple[int, int], nthreads: int = 1, pool=None) -> np.ndarray:
     """:func:`packed_input` of a binary conv's input -- float NCHW (sign) or a
     :class:`~mstc.engine.fold.RuledInput` (its rule) -- into an array lent by ``pool``
-    (:class:`~mstc.engine.buffers.BufferPool`; None: a fresh one)."""
+    (:class:`~mstc.engine.buffers.BufferPool`; None: a fresh one). A
+    :class:`~mstc.engine.fold.PackedBits` is returned as it is (its words, not the pool's)."""
+    if isinstance(x, PackedBits):  # already packed (with the padding check_input checked)
+        return x.words
     if isinstance(x, RuledInput):
         xf = x.x
         mode = np.ascontiguousarray(x.mode, dtype=np.int8)
@@ -497,6 +500,24 @@ def check_input(layer: BinaryLayerCode, x):
         if np.shape(x.mode) != (layer.cin,) or np.shape(x.t) != (layer.cin,):
             raise ValueError(f"layer {layer.name}: input rule for {np.shape(x.mode)} channels")
         return RuledInput(check_input(layer, x.x), x.mode, x.t)
+    if isinstance(x, PackedBits):
+        n, c, h, w = x.shape
+        (ph, pw), (kh, kw), (dh, dw) = layer.padding, layer.kernel_size, layer.dilation
+        if c != layer.cin or tuple(x.padding) != (ph, pw):
+            raise ValueError(
+                f"layer {layer.name}: packed input of {c} channels padded {tuple(x.padding)}, "
+                f"expected {layer.cin} padded {(ph, pw)}"
+            )
+        if (
+            x.words.shape != (n, h + 2 * ph, w + 2 * pw, (c + 63) // 64)
+            or x.words.dtype != np.uint64
+        ):
+            raise ValueError(
+                f"layer {layer.name}: packed words {x.words.shape} for input {x.shape}"
+            )
+        if h + 2 * ph < dh * (kh - 1) + 1 or w + 2 * pw < dw * (kw - 1) + 1:
+            raise ValueError(f"layer {layer.name}: input {h}x{w} smaller than kernel")
+        return x
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 4 or x.shape[1] != layer.cin:
         raise ValueError(
@@ -547,7 +568,7 @@ class PackedBackend(Backend):
         if epilogue is not None:
             epilogue = epilogue[0].xnor_args(epilogue[1])
         xnor_conv(xp, self._w[layer.name], layer.n, geometry, Ho, Wo, out, nthreads, epilogue)
-        if self.pool is not None:
+        if self.pool is not None and not isinstance(x, PackedBits):  # the caller's, not ours
             self.pool.give(xp)
         return out.reshape(N, layer.cout, Ho, Wo)
 

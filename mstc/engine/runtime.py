@@ -37,6 +37,7 @@ give back after each step listed in advance. It computes the same values as ``_p
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -47,9 +48,16 @@ import torch.nn.functional as F
 from mstc.engine.backend import fastest, get_backend
 from mstc.engine.buffers import BufferPool
 from mstc.engine.epilogue import EpilogueKernel, affine_form, shortcut_bn_form
-from mstc.engine.floatconv import FloatConv, faster_than_torch, torch_order
+from mstc.engine.floatconv import (
+    FloatConv,
+    faster_than_torch,
+    probe_input,
+    rule_compare,
+    torch_order,
+)
 from mstc.engine.floatops import avg_pool2d, pool_output_size
-from mstc.engine.fold import RuledInput, float_threshold_rule, threshold_rule
+from mstc.engine.fold import PackedBits, RuledInput, float_threshold_rule, threshold_rule
+from mstc.engine.packed import packed_input
 from mstc.engine.sliced import BitPlanes
 from mstc.format import BinaryLayerCode, CompressedModel, Node
 
@@ -571,12 +579,23 @@ class Runtime:
         backend, pool = self.backend, self.pool
         input_slot = output_slot = -1
 
+        #: slot -> (rule, padding) of each binary conv reading it through a folded BatchNorm
+        folded_reads: dict[int, list[tuple[tuple[np.ndarray, np.ndarray], tuple[int, int]]]] = {}
+        float_convs: dict[int, tuple[int, Node]] = {}  # float conv's output slot -> step, node
+
         def conv_input(node: Node):
             """(slot read, function of the slot's value giving the conv's input)."""
             fold = self.input_folds.get(node.name)
             if fold is not None:
                 mode, t = fold[2]
-                return slot(fold[1]), lambda v: RuledInput(_np(v), mode, t)
+                src = slot(fold[1])
+                layer = self.compressed.layers[node.attrs["layer"]]
+                folded_reads.setdefault(src, []).append((fold[2], tuple(layer.padding)))
+
+                def make(v, mode=mode, t=t):
+                    return v if type(v) is PackedBits else RuledInput(_np(v), mode, t)
+
+                return src, make
             return slot(node.inputs[0]), lambda v: v if isinstance(v, BitPlanes) else _np(v)
 
         for node in self.compressed.nodes:
@@ -665,10 +684,34 @@ class Runtime:
                         args = [_torch(v[i]) for i in ins]
                     v[out] = self._apply(node, args, {}, False)
 
+                if node.op == "conv2d":
+                    float_convs[out] = (len(steps), node)
                 steps.append(step)
                 reads.append(ins)
         if input_slot < 0 or output_slot < 0:
             raise ValueError("the graph has no input or no output node")
+        # a float conv read only by binary convs through one folded BatchNorm (vgg_small's stem):
+        # its output can be made as packed bits directly (_stem_bits)
+        n_reads: dict[int, int] = {}
+        for rs in reads:
+            for r in rs:
+                n_reads[r] = n_reads.get(r, 0) + 1
+        for out, (k, node) in float_convs.items():
+            uses = folded_reads.get(out, [])
+            if not uses or len(uses) != n_reads.get(out, 0) or out == output_slot:
+                continue
+            (rule, padding), rest = uses[0], uses[1:]
+            same = all(
+                p == padding and np.array_equal(r[0], rule[0]) and np.array_equal(r[1], rule[1])
+                for r, p in rest
+            )
+            if same and group.count(group[out]) == 1:
+                src = reads[k][0]
+
+                def step(v, node=node, src=src, out=out, rule=rule, padding=padding):
+                    v[out] = self._stem_bits(node, _torch(v[src]), rule, padding)
+
+                steps[k] = step
         # release each memory group after the last step reading any of its slots
         last: dict[int, int] = {}
         for k, rs in enumerate(reads):
@@ -694,6 +737,8 @@ class Runtime:
                     a = v[root]
                     if type(a) is np.ndarray:
                         pool.give(a)
+                    elif type(a) is PackedBits:
+                        pool.give(a.words)
                     elif isinstance(a, torch.Tensor) and a.numel():
                         pool.give_address(a.untyped_storage().data_ptr())
                     v[root] = None
@@ -813,7 +858,62 @@ class Runtime:
             a["groups"],
         )
 
-    def _plan_float_conv(self, node: Node, x: torch.Tensor) -> tuple[FloatConv, str] | None:
+    def _stem_bits(self, node: Node, x: torch.Tensor, rule, padding: tuple[int, int]):
+        """A float conv whose only readers binarise it by ``rule`` (compiled passes): its output
+        as :class:`PackedBits` for convs with ``padding`` where
+        :meth:`FloatConv.packed_bits` was found exact and faster at this input shape, else the
+        float output (the readers then pack it themselves)."""
+        plan = None
+        if self.float_convs and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous():
+            key = ("bits", node.name, tuple(x.shape), torch.get_num_threads())
+            if key not in self._float_conv_plans:
+                self._float_conv_plans[key] = self._plan_stem_bits(node, x, rule, padding)
+            plan = self._float_conv_plans[key]
+        if plan is None:
+            return self._conv2d(node, x)
+        conv, order, compare = plan
+        words = conv.packed_bits(x.numpy(), order, compare, padding, self.pool)
+        n, _, h, w = conv.output_shape(tuple(x.shape))
+        return PackedBits(words, (n, conv.weight.shape[0], h, w), padding)
+
+    def _plan_stem_bits(self, node: Node, x: torch.Tensor, rule, padding):
+        plan = self._plan_float_conv(node, x, timed=False)
+        if plan is None or not plan[0].packs_bits:
+            return None
+        conv, order = plan
+        compare = rule_compare(rule)
+        probe = probe_input(tuple(x.shape), seed=1)
+        with torch.no_grad():
+            y = F.conv2d(
+                torch.from_numpy(probe),
+                torch.from_numpy(conv.weight),
+                None,
+                conv.stride,
+                conv.padding,
+            )
+        want = packed_input(y.numpy(), padding, 1, rule)
+        if not np.array_equal(conv.packed_bits(probe, order, compare, padding), want):
+            return None
+        if self.float_convs != "exact":  # faster than torch's conv + packing its output?
+            xn, xt, wt = x.numpy(), x, torch.from_numpy(conv.weight)
+            ours, theirs = [], []
+            with torch.no_grad():
+                for _ in range(5):
+                    t0 = time.perf_counter()
+                    conv.packed_bits(xn, order, compare, padding)
+                    t1 = time.perf_counter()
+                    packed_input(
+                        F.conv2d(xt, wt, None, conv.stride, conv.padding).numpy(), padding, 1, rule
+                    )
+                    theirs.append(time.perf_counter() - t1)
+                    ours.append(t1 - t0)
+            if min(ours) >= min(theirs):
+                return None
+        return conv, order, compare
+
+    def _plan_float_conv(
+        self, node: Node, x: torch.Tensor, timed: bool = True
+    ) -> tuple[FloatConv, str] | None:
         a = node.attrs
         w = self._p(node, "weight")
         if (
@@ -828,7 +928,7 @@ class Runtime:
         order = torch_order(conv, tuple(x.shape))
         if order is None:
             return None
-        if self.float_convs != "exact" and not faster_than_torch(conv, order, x.numpy()):
+        if timed and self.float_convs != "exact" and not faster_than_torch(conv, order, x.numpy()):
             return None
         return conv, order
 

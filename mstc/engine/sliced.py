@@ -164,10 +164,20 @@ def pack_planes(x: np.ndarray, geometry: PlaneGeometry, rule=None) -> BitPlanes:
     g = geometry
     if x.shape != (g.n, g.c, g.h, g.w):
         raise ValueError(f"input of shape {x.shape}, planes expect {(g.n, g.c, g.h, g.w)}")
+    if not x.size:
+        return BitPlanes(np.zeros((g.c, g.words), dtype=np.uint64), g)
+    xp = packed_input(np.ascontiguousarray(x, dtype=np.float32), (g.ph, g.pw), 1, rule)
+    return words_to_planes(xp, g)
+
+
+def words_to_planes(words: np.ndarray, geometry: PlaneGeometry) -> BitPlanes:
+    """Channel-packed words of :func:`mstc.engine.packed.packed_input` (padding included) ->
+    bit planes of ``geometry`` (a bit transpose, 64 positions x 64 channels at a time)."""
+    g = geometry
+    if words.shape != (g.n, g.hp, g.wp, (g.c + 63) // 64):
+        raise ValueError(f"packed words of shape {words.shape} for planes {g}")
     out = np.zeros((g.c, g.words), dtype=np.uint64)
-    if x.size:
-        xp = packed_input(np.ascontiguousarray(x, dtype=np.float32), (g.ph, g.pw), 1, rule)
-        _packed_to_planes(xp.reshape(-1, xp.shape[3]), g.c, out)
+    _packed_to_planes(words.reshape(-1, words.shape[3]), g.c, out)
     return BitPlanes(out, g)
 
 
