@@ -10,6 +10,10 @@ two settings are checked bit-identical in every "on" run.
 
     .venv/bin/python benchmarks/float_convs.py
     .venv/bin/python benchmarks/float_convs.py --models resnet20 --batches 32 --rounds 3
+
+``--kernels`` instead times, alone and alternating, a stem conv whose output only gets binarised:
+torch's conv + ``packed_input``, floatconv's float kernel + ``packed_input``, and
+``FloatConv.packed_bits`` (one kernel, no float output), min / median ms.
 """
 
 from __future__ import annotations
@@ -85,16 +89,67 @@ def one(spec: str, backend: str, batch: int, on: bool, passes: int) -> str:
     )
 
 
+def kernels(n: int = 30) -> None:
+    import torch.nn.functional as F
+
+    from mstc.engine.floatconv import FloatConv, rule_compare, torch_order
+    from mstc.engine.fold import GE
+    from mstc.engine.packed import packed_input
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    for shape, cout in (((32, 1, 28, 28), 32), ((32, 3, 32, 32), 128), ((1, 1, 28, 28), 32)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        w = rng.standard_normal((cout, shape[1], 3, 3)).astype(np.float32)
+        conv = FloatConv(w, (1, 1), (1, 1))
+        order = torch_order(conv, shape)
+        rule = (np.full(cout, GE, np.int8), rng.standard_normal(cout).astype(np.float32))
+        compare = rule_compare(rule)
+        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+
+        def torch_then_pack(xt=xt, wt=wt, rule=rule):
+            return packed_input(F.conv2d(xt, wt, None, 1, 1).numpy(), (1, 1), 1, rule)
+
+        def float_then_pack(conv=conv, x=x, order=order, rule=rule):
+            return packed_input(conv(x, order), (1, 1), 1, rule)
+
+        def bits(conv=conv, x=x, order=order, compare=compare):
+            return conv.packed_bits(x, order, compare, (1, 1))
+
+        runs = {
+            "torch conv + packed_input": torch_then_pack,
+            "floatconv + packed_input": float_then_pack,
+            "packed_bits": bits,
+        }
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        with torch.no_grad():
+            for f in runs.values():
+                f()
+            for _ in range(n):
+                for k, f in runs.items():
+                    t = time.thread_time()
+                    f()
+                    times[k].append(time.thread_time() - t)
+        cells = ", ".join(
+            f"{k} {min(v) * 1e3:.3f} / {np.median(v) * 1e3:.3f}" for k, v in times.items()
+        )
+        print(f"{shape} -> {cout} ({order} order): {cells} ms")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=f"resnet20,vgg_small,{TRAINED}")
     p.add_argument("--backends", default="packed,mst")
     p.add_argument("--batches", default="1,32")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--kernels", action="store_true", help="the stem kernels alone")
     p.add_argument(
         "--one", nargs=4, metavar=("SPEC", "BACKEND", "BATCH", "ON"), help=argparse.SUPPRESS
     )
     a = p.parse_args()
+    if a.kernels:
+        kernels()
+        return
     if a.one:
         spec, backend, batch, on = a.one
         b = int(batch)
