@@ -7,7 +7,9 @@ model's. (A float re-implementation with another summation order could flip sign
 is within rounding of 0 and break the integer contract downstream.) Two exceptions repeat torch's
 own CPU arithmetic in the same order: avg_pool2d (:mod:`mstc.engine.floatops`, tested
 bit-identical) and conv2d where a probe at the input shape shows the order
-(:mod:`mstc.engine.floatconv`, used only where bit-identical and faster).
+(:mod:`mstc.engine.floatconv`, used only where bit-identical and faster). In a compiled pass, a
+float conv whose only readers are binary convs through one folded BatchNorm is computed straight
+into their packed input bits (:class:`mstc.engine.fold.PackedBits`).
 
 Fusion. With a backend that sets ``fuses = True`` (the "mst" backend), a chain binary conv ->
 BatchNorm -> [2x2 max pool] -> binary conv whose intermediate values have no other use is run
