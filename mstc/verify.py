@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mstc.engine import run
+from mstc.engine import Runtime
 from mstc.errors import MSTCError
 from mstc.format import CompressedModel
 from mstc.nn import is_binary_layer
@@ -88,11 +88,16 @@ def verify(
     logits_tolerance: float = 0.0,
     threads: int | None = None,
 ) -> VerifyResult:
-    """Run both on ``x`` and compare integer sums exactly, logits within ``logits_tolerance``."""
+    """Run both on ``x`` and compare integer sums exactly, logits within ``logits_tolerance``.
+
+    The engine runs twice on one runtime: the pass that collects the sums, and the inference
+    pass (compiled, :class:`mstc.engine.Runtime`); the logits of both are compared."""
     _check_same_layers(compressed, model)
     x = torch.as_tensor(np.asarray(x, dtype=np.float32))
     ref_logits, ref_sums = torch_integer_sums(model, x)
-    logits, sums = run(compressed, x.numpy(), backend, threads=threads, return_sums=True)
+    rt = Runtime(compressed, backend, threads)
+    logits, sums = rt.run(x.numpy(), return_sums=True)
+    inference = rt.run(x.numpy())
     mismatched = {}
     for name, ref in ref_sums.items():
         got = sums.get(name)
@@ -103,6 +108,8 @@ def verify(
     missing = set(sums) - set(ref_sums)
     for name in missing:
         mismatched[name] = -1
-    diff = float(np.abs(logits - ref_logits).max()) if logits.size else 0.0
+    diff = 0.0
+    if logits.size:
+        diff = max(float(np.abs(y - ref_logits).max()) for y in (logits, inference))
     ok = not mismatched and diff <= logits_tolerance
     return VerifyResult(ok, len(ref_sums), mismatched, diff, logits_tolerance)
