@@ -21,7 +21,10 @@ and faster than torch, else torch itself.
 Why at all: in a pass torch allocates each conv output afresh, and glibc hands large blocks back
 to the system in between, so the output's pages fault again on every pass. resnet20 at batch 32,
 one thread: the stem conv 2.8-3.2 ms inside a pass vs 0.6-1.8 ms alone; the generated kernel
-writes into the runtime's buffer pool (``benchmarks/passes.py --float-conv``).
+writes into the runtime's buffer pool (``benchmarks/float_convs.py``, BENCHMARKS.md).
+:meth:`FloatConv.packed_bits` goes one step further for a conv whose output is only binarised
+(vgg_small's stem): the same chains, compared with the folded BatchNorm's threshold and packed
+into the next binary conv's input words, no float output at all.
 
 Each tap list is compiled once (numba, generated source with the taps unrolled so that the loop
 over output positions vectorises; 1-3 s) and cached on disk (:func:`cache_dir`).
@@ -48,9 +51,8 @@ from mstc.io import write_text_atomic
 
 ORDERS = ("tap", "channel")
 #: most unrolled multiply-adds per generated kernel (taps x output channels per block). The
-#: weights of a block stay in registers across the position loop; past ~110 they spill (here: a
-#: 32-tap 1x1 conv 0.31 ms in blocks of 2, 0.86 ms in blocks of 4; the 27-tap stem 0.68 ms in blocks
-#: of 4, 0.96 ms in blocks of 2; batch 32, one thread)
+#: weights of a block stay in registers across the position loop; with many more they spill and
+#: the kernel slowed down 2-3x in the fifth session's trials (a 32-tap 1x1 conv in blocks of 4).
 MAX_UNROLLED = 112
 
 _compiled: dict[tuple, Callable] = {}
