@@ -195,6 +195,17 @@ def _compile(key: tuple, src: list[str]) -> Callable:
     return kernel
 
 
+def _pad_into(x: np.ndarray, grid: np.ndarray, ph: int, pw: int) -> np.ndarray:
+    """``grid`` (N, C, H + 2 ph, W + 2 pw) := ``x`` (N, C, H, W) with a zero border."""
+    H, W = x.shape[2], x.shape[3]
+    grid[:, :, :ph] = 0
+    grid[:, :, H + ph :] = 0
+    grid[:, :, ph : H + ph, :pw] = 0
+    grid[:, :, ph : H + ph, W + pw :] = 0
+    grid[:, :, ph : H + ph, pw : W + pw] = x
+    return grid
+
+
 class FloatConv:
     """conv2d of float32 NCHW inputs with a fixed weight (no bias, groups 1, dilation 1) in one
     of torch's tap orders (module doc)."""
@@ -268,12 +279,7 @@ class FloatConv:
             return out
         xp = x
         if ph or pw:
-            xp = empty(pool, (N, C, H + 2 * ph, W + 2 * pw), np.float32)
-            xp[:, :, :ph] = 0
-            xp[:, :, H + ph :] = 0
-            xp[:, :, ph : H + ph, :pw] = 0
-            xp[:, :, ph : H + ph, W + pw :] = 0
-            xp[:, :, ph : H + ph, pw : W + pw] = x
+            xp = _pad_into(x, empty(pool, (N, C, H + 2 * ph, W + 2 * pw), np.float32), ph, pw)
         _kernel(taps, *self.stride, self.block)(xp, wt, out)
         if xp is not x and pool is not None:
             pool.give(xp)
@@ -305,12 +311,7 @@ class FloatConv:
         # flat padded planes; the tail covers the last row's pad-column reads
         xf = empty(pool, (N, C, Hp * Wp + KW), np.float32)
         xf[:, :, Hp * Wp :] = 0
-        grid = xf[:, :, : Hp * Wp].reshape(N, C, Hp, Wp)
-        grid[:, :, :ph] = 0
-        grid[:, :, H + ph :] = 0
-        grid[:, :, ph : H + ph, :pw] = 0
-        grid[:, :, ph : H + ph, W + pw :] = 0
-        grid[:, :, ph : H + ph, pw : W + pw] = x
+        _pad_into(x, xf[:, :, : Hp * Wp].reshape(N, C, Hp, Wp), ph, pw)
         ph2, pw2 = int(padding[0]), int(padding[1])
         words = empty(pool, (N, Ho + 2 * ph2, Wo + 2 * pw2, (O + 63) // 64), np.uint64)
         L = Ho * Wp
@@ -389,22 +390,65 @@ def torch_order(conv: FloatConv, x_shape: tuple[int, ...]) -> str | None:
     return orders[0]
 
 
-def faster_than_torch(
-    conv: FloatConv, order: str, x: np.ndarray, repeats: int = 5, margin: float = 0.8
-) -> bool:
-    """Whether the kernel takes under ``margin`` times ``F.conv2d``'s time on ``x`` (fastest of
-    ``repeats`` alternating runs each; the margin keeps torch where the two are within noise,
-    e.g. the small convs at batch 1)."""
+def _faster(ours: Callable[[], object], theirs: Callable[[], object], margin: float) -> bool:
+    """Whether ``ours`` takes under ``margin`` times ``theirs`` (fastest of 5 alternating runs
+    each)."""
+    t_ours, t_theirs = [], []
+    with torch.no_grad():
+        for _ in range(5):
+            t0 = time.perf_counter()
+            ours()
+            t1 = time.perf_counter()
+            theirs()
+            t_theirs.append(time.perf_counter() - t1)
+            t_ours.append(t1 - t0)
+    return min(t_ours) < margin * min(t_theirs)
+
+
+def faster_than_torch(conv: FloatConv, order: str, x: np.ndarray, margin: float = 0.8) -> bool:
+    """Whether the kernel takes under ``margin`` times ``F.conv2d``'s time on ``x`` (the margin
+    keeps torch where the two are within noise, e.g. the small convs at batch 1)."""
     xt, wt = torch.from_numpy(x), torch.from_numpy(conv.weight)
     out = np.empty(conv.output_shape(x.shape), np.float32)
-    ours, theirs = [], []
+    return _faster(
+        lambda: conv(x, order, out=out),
+        lambda: F.conv2d(xt, wt, None, conv.stride, conv.padding),
+        margin,
+    )
+
+
+def _torch_packed(conv: FloatConv, x: np.ndarray, rule, padding: tuple[int, int]) -> np.ndarray:
+    """What a binary conv reads without :meth:`FloatConv.packed_bits`: torch's conv output,
+    packed by the rule."""
+    from mstc.engine.packed import packed_input  # the engines' float -> bits pass
+
     with torch.no_grad():
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            conv(x, order, out=out)
-            t1 = time.perf_counter()
-            F.conv2d(xt, wt, None, conv.stride, conv.padding)
-            t2 = time.perf_counter()
-            ours.append(t1 - t0)
-            theirs.append(t2 - t1)
-    return min(ours) < margin * min(theirs)
+        y = F.conv2d(
+            torch.from_numpy(x), torch.from_numpy(conv.weight), None, conv.stride, conv.padding
+        )
+    return packed_input(y.numpy(), padding, 1, rule)
+
+
+def bits_plan(
+    conv: FloatConv, x: np.ndarray, rule, padding: tuple[int, int], timed: bool = True
+) -> tuple[str, tuple[np.ndarray, np.ndarray]] | None:
+    """(tap order, compare) for :meth:`FloatConv.packed_bits` at the shape of ``x``: torch's
+    order (:func:`torch_order`), the bits equal to packing torch's conv output by ``rule`` on a
+    probe, and (``timed``) faster than that on ``x``; else None."""
+    if not conv.packs_bits:
+        return None
+    order = torch_order(conv, tuple(x.shape))
+    if order is None:
+        return None
+    compare = rule_compare(rule)
+    probe = probe_input(tuple(x.shape), seed=1)
+    want = _torch_packed(conv, probe, rule, padding)
+    if not np.array_equal(conv.packed_bits(probe, order, compare, padding), want):
+        return None
+    if timed and not _faster(
+        lambda: conv.packed_bits(x, order, compare, padding),
+        lambda: _torch_packed(conv, x, rule, padding),
+        1.0,
+    ):
+        return None
+    return order, compare

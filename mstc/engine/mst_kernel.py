@@ -41,6 +41,7 @@ from mstc.engine.packed import (
     packed_weights,
     sign_rule,
     xnor_conv,
+    xnor_layer,
 )
 from mstc.engine.sliced import (
     BitPlanes,
@@ -488,18 +489,8 @@ class MSTBackend(Backend):
             if self.pool is not None:
                 self.pool.give(s)
             return out
-        nthreads = _set_threads(self.threads)
-        kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = conv_geometry(layer, x.shape)
-        out = empty(self.pool, (x.shape[0], layer.cout, Ho * Wo), np.float32)
-        if out.size:  # as the packed backend does it (no _Input: ~2 us a call at batch 1)
-            args = kernel.xnor_args(shortcut)
-            xp = pack_binary_input(x, (ph, pw), nthreads, self.pool)
-            wT = sched.wTd if len(sched.ch_j) == 0 else self._full_weights(layer)
-            geometry = (kh, kw, sh, sw, dh, dw)
-            xnor_conv(xp, wT, layer.n, geometry, Ho, Wo, out, nthreads, args)
-            if self.pool is not None and not isinstance(x, PackedBits):
-                self.pool.give(xp)
-        return out.reshape(x.shape[0], layer.cout, Ho, Wo)
+        wT = sched.wTd if len(sched.ch_j) == 0 else self._full_weights(layer)
+        return xnor_layer(layer, x, wT, self.threads, self.pool, (kernel, shortcut))
 
     def _tune(self, layer, sched, inp, geom, out, nthreads) -> str:
         return fastest(

@@ -537,6 +537,27 @@ def linear_as_conv(layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(x.shape[0], layer.n, 1, 1))
 
 
+def xnor_layer(layer: BinaryLayerCode, x, wT: np.ndarray, threads, pool, epilogue=None):
+    """A binary conv by dense XNOR-popcount on a checked input (:func:`check_input`) with
+    packed weights ``wT``: int32 sums (N, Cout, Ho, Wo), or with ``epilogue`` = (an
+    :class:`~mstc.engine.epilogue.EpilogueKernel` that ``fuses_into_xnor``, its shortcut) the
+    float32 epilogue of the sums, applied inside the kernel. Arrays from ``pool``."""
+    nthreads = _set_threads(threads)
+    N = x.shape[0]
+    kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = conv_geometry(layer, x.shape)
+    dtype = np.int32 if epilogue is None else np.float32
+    out = empty(pool, (N, layer.cout, Ho * Wo), dtype)
+    if out.size == 0:
+        return out.reshape(N, layer.cout, Ho, Wo)
+    xp = pack_binary_input(x, (ph, pw), nthreads, pool)
+    if epilogue is not None:
+        epilogue = epilogue[0].xnor_args(epilogue[1])
+    xnor_conv(xp, wT, layer.n, (kh, kw, sh, sw, dh, dw), Ho, Wo, out, nthreads, epilogue)
+    if pool is not None and not isinstance(x, PackedBits):  # PackedBits: the caller's words
+        pool.give(xp)
+    return out.reshape(N, layer.cout, Ho, Wo)
+
+
 @register_backend("packed")
 class PackedBackend(Backend):
     """Dense XNOR-popcount on bit-packed activations and weights (numba, ``threads`` workers)."""
@@ -556,21 +577,7 @@ class PackedBackend(Backend):
             self._w[name] = pad_patch_words(packed_weights(layer.weight_bits(), cin, kh, kw))
 
     def _conv(self, layer: BinaryLayerCode, x, epilogue=None) -> np.ndarray:
-        nthreads = _set_threads(self.threads)
-        N = x.shape[0]
-        kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = conv_geometry(layer, x.shape)
-        dtype = np.int32 if epilogue is None else np.float32
-        out = empty(self.pool, (N, layer.cout, Ho * Wo), dtype)
-        if out.size == 0:
-            return out.reshape(N, layer.cout, Ho, Wo)
-        xp = pack_binary_input(x, (ph, pw), nthreads, self.pool)
-        geometry = (kh, kw, sh, sw, dh, dw)
-        if epilogue is not None:
-            epilogue = epilogue[0].xnor_args(epilogue[1])
-        xnor_conv(xp, self._w[layer.name], layer.n, geometry, Ho, Wo, out, nthreads, epilogue)
-        if self.pool is not None and not isinstance(x, PackedBits):  # the caller's, not ours
-            self.pool.give(xp)
-        return out.reshape(N, layer.cout, Ho, Wo)
+        return xnor_layer(layer, x, self._w[layer.name], self.threads, self.pool, epilogue)
 
     def conv2d(self, layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
         return self._conv(layer, check_input(layer, x))

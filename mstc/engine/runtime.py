@@ -39,7 +39,7 @@ give back after each step listed in advance. It computes the same values as ``_p
 
 from __future__ import annotations
 
-import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -50,16 +50,9 @@ import torch.nn.functional as F
 from mstc.engine.backend import fastest, get_backend
 from mstc.engine.buffers import BufferPool
 from mstc.engine.epilogue import EpilogueKernel, affine_form, shortcut_bn_form
-from mstc.engine.floatconv import (
-    FloatConv,
-    faster_than_torch,
-    probe_input,
-    rule_compare,
-    torch_order,
-)
+from mstc.engine.floatconv import FloatConv, bits_plan, faster_than_torch, torch_order
 from mstc.engine.floatops import avg_pool2d, pool_output_size
 from mstc.engine.fold import PackedBits, RuledInput, float_threshold_rule, threshold_rule
-from mstc.engine.packed import packed_input
 from mstc.engine.sliced import BitPlanes
 from mstc.format import BinaryLayerCode, CompressedModel, Node
 
@@ -199,8 +192,11 @@ class Runtime:
         #: inference passes run a compiled Program per plan (False: the plain ``_pass``)
         self.compiled_passes = True
         self._programs: dict[tuple, Program] = {}
-        #: (conv node, input shape, torch threads) -> (FloatConv, tap order), or None: torch's
-        self._float_conv_plans: dict[tuple, tuple[FloatConv, str] | None] = {}
+        #: conv node -> its FloatConv (None: not applicable)
+        self._float_conv_kernels: dict[str, FloatConv | None] = {}
+        #: ([kind,] conv node, input shape, torch threads) -> tap order (and compare arrays for
+        #: packed bits), or None: torch's
+        self._float_conv_plans: dict[tuple, Any] = {}
 
     def _plan_fusions(self) -> dict[str, Fusion]:
         nodes = self.compressed.nodes
@@ -576,7 +572,7 @@ class Runtime:
 
         steps: list = []
         reads: list[list[int]] = []
-        deferred: dict[str, int] = {}  # conv run at its add -> the slot of its input
+        deferred: dict[str, tuple] = {}  # conv run at its add -> conv_input(conv)
         pending: dict[str, int] = {}  # conv -> slot of its sums, waiting for the add
         backend, pool = self.backend, self.pool
         input_slot = output_slot = -1
@@ -694,13 +690,10 @@ class Runtime:
             raise ValueError("the graph has no input or no output node")
         # a float conv read only by binary convs through one folded BatchNorm (vgg_small's stem):
         # its output can be made as packed bits directly (_stem_bits)
-        n_reads: dict[int, int] = {}
-        for rs in reads:
-            for r in rs:
-                n_reads[r] = n_reads.get(r, 0) + 1
+        n_reads = Counter(r for rs in reads for r in rs)
         for out, (k, node) in float_convs.items():
             uses = folded_reads.get(out, [])
-            if not uses or len(uses) != n_reads.get(out, 0) or out == output_slot:
+            if not uses or len(uses) != n_reads[out] or out == output_slot:
                 continue
             (rule, padding), rest = uses[0], uses[1:]
             same = all(
@@ -837,18 +830,27 @@ class Runtime:
         out = self.pool.empty(shape, np.float32)
         return torch.from_numpy(avg_pool2d(x.numpy(), *args, out=out))
 
+    def _float_plan(self, key: tuple, x: torch.Tensor, make):
+        """The cached plan ``make()`` for ``key`` at this input shape and torch thread count, or
+        None (float convs off, or an input the kernels do not take)."""
+        if not (self.float_convs and x.dtype == torch.float32 and x.dim() == 4):
+            return None
+        if not x.is_contiguous():
+            return None
+        key = (*key, tuple(x.shape), torch.get_num_threads())
+        if key not in self._float_conv_plans:
+            self._float_conv_plans[key] = make()
+        return self._float_conv_plans[key]
+
     def _conv2d(self, node: Node, x: torch.Tensor) -> torch.Tensor:
         """torch's conv2d, or the same floats from :class:`FloatConv` where it was found exact
-        and faster at this input shape (:meth:`_plan_float_conv`)."""
+        and faster at this input shape (:meth:`_float_conv`)."""
+        conv = self._float_conv(node)
         plan = None
-        if self.float_convs and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous():
-            key = (node.name, tuple(x.shape), torch.get_num_threads())
-            if key not in self._float_conv_plans:
-                self._float_conv_plans[key] = self._plan_float_conv(node, x)
-            plan = self._float_conv_plans[key]
+        if conv is not None:
+            plan = self._float_plan((node.name,), x, lambda: self._conv_order(conv, x))
         if plan is not None:
-            conv, order = plan
-            return torch.from_numpy(conv(x.numpy(), order, pool=self.pool))
+            return torch.from_numpy(conv(x.numpy(), plan, pool=self.pool))
         a = node.attrs
         return F.conv2d(
             x,
@@ -860,79 +862,52 @@ class Runtime:
             a["groups"],
         )
 
+    def _conv_order(self, conv: FloatConv, x: torch.Tensor) -> str | None:
+        order = torch_order(conv, tuple(x.shape))
+        if order is None or self.float_convs == "exact":
+            return order
+        return order if faster_than_torch(conv, order, x.numpy()) else None
+
     def _stem_bits(self, node: Node, x: torch.Tensor, rule, padding: tuple[int, int]):
         """A float conv whose only readers binarise it by ``rule`` (compiled passes): its output
         as :class:`PackedBits` for convs with ``padding`` where
-        :meth:`FloatConv.packed_bits` was found exact and faster at this input shape, else the
-        float output (the readers then pack it themselves)."""
+        :meth:`FloatConv.packed_bits` was found exact and faster at this input shape
+        (:func:`mstc.engine.floatconv.bits_plan`), else the float output (the readers then pack
+        it themselves)."""
+        conv = self._float_conv(node)
         plan = None
-        if self.float_convs and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous():
-            key = ("bits", node.name, tuple(x.shape), torch.get_num_threads())
-            if key not in self._float_conv_plans:
-                self._float_conv_plans[key] = self._plan_stem_bits(node, x, rule, padding)
-            plan = self._float_conv_plans[key]
+        if conv is not None:
+            timed = self.float_convs != "exact"
+
+            def make():
+                return bits_plan(conv, x.numpy(), rule, padding, timed)
+
+            plan = self._float_plan(("bits", node.name), x, make)
         if plan is None:
             return self._conv2d(node, x)
-        conv, order, compare = plan
+        order, compare = plan
         words = conv.packed_bits(x.numpy(), order, compare, padding, self.pool)
-        n, _, h, w = conv.output_shape(tuple(x.shape))
-        return PackedBits(words, (n, conv.weight.shape[0], h, w), padding)
+        n, c, h, w = conv.output_shape(tuple(x.shape))
+        return PackedBits(words, (n, c, h, w), padding)
 
-    def _plan_stem_bits(self, node: Node, x: torch.Tensor, rule, padding):
-        plan = self._plan_float_conv(node, x, timed=False)
-        if plan is None or not plan[0].packs_bits:
-            return None
-        conv, order = plan
-        compare = rule_compare(rule)
-        probe = probe_input(tuple(x.shape), seed=1)
-        with torch.no_grad():
-            y = F.conv2d(
-                torch.from_numpy(probe),
-                torch.from_numpy(conv.weight),
-                None,
-                conv.stride,
-                conv.padding,
-            )
-        want = packed_input(y.numpy(), padding, 1, rule)
-        if not np.array_equal(conv.packed_bits(probe, order, compare, padding), want):
-            return None
-        if self.float_convs != "exact":  # faster than torch's conv + packing its output?
-            xn, xt, wt = x.numpy(), x, torch.from_numpy(conv.weight)
-            ours, theirs = [], []
-            with torch.no_grad():
-                for _ in range(5):
-                    t0 = time.perf_counter()
-                    conv.packed_bits(xn, order, compare, padding)
-                    t1 = time.perf_counter()
-                    packed_input(
-                        F.conv2d(xt, wt, None, conv.stride, conv.padding).numpy(), padding, 1, rule
-                    )
-                    theirs.append(time.perf_counter() - t1)
-                    ours.append(t1 - t0)
-            if min(ours) >= min(theirs):
-                return None
-        return conv, order, compare
-
-    def _plan_float_conv(
-        self, node: Node, x: torch.Tensor, timed: bool = True
-    ) -> tuple[FloatConv, str] | None:
-        a = node.attrs
-        w = self._p(node, "weight")
-        if (
-            self._p(node, "bias") is not None
-            or a["groups"] != 1
-            or tuple(a["dilation"]) != (1, 1)
-            or w is None
-            or w.dtype != torch.float32
-        ):
-            return None
-        conv = FloatConv(np.ascontiguousarray(w.numpy()), a["stride"], a["padding"])
-        order = torch_order(conv, tuple(x.shape))
-        if order is None:
-            return None
-        if timed and self.float_convs != "exact" and not faster_than_torch(conv, order, x.numpy()):
-            return None
-        return conv, order
+    def _float_conv(self, node: Node) -> FloatConv | None:
+        """The :class:`FloatConv` of a conv node (made once), or None where it does not apply
+        (bias, groups, dilation, not float32 or beyond the unroll budget)."""
+        if node.name not in self._float_conv_kernels:
+            a = node.attrs
+            w = self._p(node, "weight")
+            conv = None
+            if (
+                self._p(node, "bias") is None
+                and a["groups"] == 1
+                and tuple(a["dilation"]) == (1, 1)
+                and w is not None
+                and w.dtype == torch.float32
+            ):
+                conv = FloatConv(np.ascontiguousarray(w.numpy()), a["stride"], a["padding"])
+                conv = conv if conv.supported else None
+            self._float_conv_kernels[node.name] = conv
+        return self._float_conv_kernels[node.name]
 
     def _apply(
         self,
