@@ -11,7 +11,9 @@ two settings are checked bit-identical in every "on" run.
     .venv/bin/python benchmarks/float_convs.py
     .venv/bin/python benchmarks/float_convs.py --models resnet20 --batches 32 --rounds 3
 
-``--kernels`` instead times, alone and alternating, a stem conv whose output only gets binarised:
+``--mallopt`` raises glibc's mmap and trim thresholds in the workers first (a diagnosis of why
+torch's convs cost more in a pass: their outputs' pages fault again; not something the library
+does to its host process). ``--kernels`` instead times, alone and alternating, a stem conv whose output only gets binarised:
 torch's conv + ``packed_input``, floatconv's float kernel + ``packed_input``, and
 ``FloatConv.packed_bits`` (one kernel, no float output), min / median ms.
 """
@@ -19,6 +21,7 @@ torch's conv + ``packed_input``, floatconv's float kernel + ``packed_input``, an
 from __future__ import annotations
 
 import argparse
+import ctypes
 import subprocess
 import sys
 import time
@@ -98,6 +101,19 @@ def kernels(n: int = 30) -> None:
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
+    x = torch.randn(32, 3, 32, 32)
+    w = torch.randn(16, 3, 3, 3)
+    alone = []
+    with torch.no_grad():
+        for _ in range(n + 1):
+            t = time.thread_time()
+            F.conv2d(x, w, None, 1, 1)
+            alone.append(time.thread_time() - t)
+    alone = alone[1:]
+    print(
+        f"resnet20 stem alone, torch F.conv2d 32x3x32x32 -> 16: "
+        f"{min(alone) * 1e3:.3f} / {np.median(alone) * 1e3:.3f} ms"
+    )
     for shape, cout in (((32, 1, 28, 28), 32), ((32, 3, 32, 32), 128), ((1, 1, 28, 28), 32)):
         x = rng.standard_normal(shape).astype(np.float32)
         w = rng.standard_normal((cout, shape[1], 3, 3)).astype(np.float32)
@@ -144,6 +160,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--kernels", action="store_true", help="the stem kernels alone")
     p.add_argument(
+        "--mallopt",
+        action="store_true",
+        help="diagnosis: raise glibc's mmap and trim thresholds in the worker processes",
+    )
+    p.add_argument(
         "--one", nargs=4, metavar=("SPEC", "BACKEND", "BATCH", "ON"), help=argparse.SUPPRESS
     )
     a = p.parse_args()
@@ -151,6 +172,10 @@ def main() -> None:
         kernels()
         return
     if a.one:
+        if a.mallopt:  # large blocks then stay in the heap between passes: no fresh pages
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(-3, 512 << 20)  # M_MMAP_THRESHOLD
+            libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
         spec, backend, batch, on = a.one
         b = int(batch)
         print(one(spec, backend, b, on == "1", 300 if b == 1 else 20), flush=True)
@@ -161,6 +186,7 @@ def main() -> None:
                 for _ in range(a.rounds):
                     for on in ("0", "1"):
                         cmd = [sys.executable, __file__, "--one", spec, backend, batch, on]
+                        cmd += ["--mallopt"] if a.mallopt else []
                         subprocess.run(cmd, check=True)
 
 

@@ -18,10 +18,9 @@ input shape (wide magnitudes, zeros, signed zeros) against ``F.conv2d`` and retu
 is bit-identical, or None; the runtime then uses :class:`FloatConv` only where it was found exact
 and faster than torch, else torch itself.
 
-Why at all: in a pass torch allocates each conv output afresh, and glibc hands large blocks back
-to the system in between, so the output's pages fault again on every pass. resnet20 at batch 32,
-one thread: the stem conv 2.8-3.2 ms inside a pass vs 0.6-1.8 ms alone; the generated kernel
-writes into the runtime's buffer pool (``benchmarks/float_convs.py``, BENCHMARKS.md).
+Why at all: torch allocates each conv output afresh, and glibc hands large blocks back to the
+system when they are freed, so the output's pages fault again on every pass; the generated
+kernel writes into the runtime's buffer pool (``benchmarks/float_convs.py``, BENCHMARKS.md).
 :meth:`FloatConv.packed_bits` goes one step further for a conv whose output is only binarised
 (vgg_small's stem): the same chains, compared with the folded BatchNorm's threshold and packed
 into the next binary conv's input words, no float output at all.
