@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 
 import mstc
 import mstc.engine.floatconv as floatconv
+from mstc.bench import cluster_weights
 from mstc.engine import Runtime
 from mstc.engine.floatconv import FloatConv, probe_input, rule_compare, torch_order
 from mstc.engine.fold import CONST0, CONST1, GE, LE, PackedBits, RuledInput, float_rule_bits
 from mstc.engine.packed import packed_input
+from mstc.engine.sliced import PlaneGeometry, pack_planes
 from mstc.models import create_model
 
 
@@ -153,6 +155,30 @@ def test_packed_bits_equal_packing_the_float_output(n, c, o, h, w, k, pad_out, s
     want = packed_input(conv(x, order), (pad_out, pad_out), 1, rule)
     got = conv.packed_bits(x, order, rule_compare(rule), (pad_out, pad_out))
     assert got.dtype == np.uint64 and np.array_equal(got, want)
+    _check_bit_planes(conv, x, order, rule, pad_out)
+
+
+def _check_bit_planes(conv, x, order, rule, pad_out):
+    """bit_planes: the planes pack_planes makes of the float conv's output, slack bits 0."""
+    n, o, ho, wo = conv.output_shape(x.shape)
+    words = (n * (ho + 2 * pad_out) * (wo + 2 * pad_out) + 63) // 64 + 2
+    geometry = PlaneGeometry(n, o, ho, wo, pad_out, pad_out, words)
+    want = pack_planes(conv(x, order), geometry, rule).bits
+    got = conv.bit_planes(x, order, rule_compare(rule), (pad_out, pad_out), words)
+    assert got.dtype == np.uint64 and got.shape == (o, words) and np.array_equal(got, want)
+
+
+def test_bit_planes_of_rows_longer_than_a_word():
+    """Output rows of more than 64 positions are placed in several pieces."""
+    rng = np.random.default_rng(7)
+    conv = FloatConv(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), (1, 1), (1, 1))
+    x = _data(rng, (2, 2, 5, 131))
+    order = torch_order(conv, x.shape)
+    assert order is not None
+    for pad_out in (0, 1, 2):
+        _check_bit_planes(conv, x, order, _rule(rng, 3), pad_out)
+    with pytest.raises(ValueError, match="words"):
+        conv.bit_planes(x, order, rule_compare(_rule(rng, 3)), (1, 1), 10)
 
 
 def test_backends_take_packed_bits_like_the_ruled_float_input():
@@ -236,3 +262,34 @@ def test_runtime_logits_and_sums_unchanged(name, kw, shape):
             assert np.array_equal(_bits(ours.run(x)), _bits(b)), backend
             stems = [k for k, p in ours._float_conv_plans.items() if k[0] == "bits" and p]
             assert bool(stems) == (name == "vgg_small"), backend
+
+
+def test_stem_as_bit_planes_for_fused_readers(monkeypatch):
+    """mst with every link fused (clustered weights): vgg_small's stem is made as the bit planes
+    its fused reader takes (FloatConv.bit_planes), logits equal to the runtime with torch's
+    convs, in both pass kinds."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm(
+        create_model("vgg_small", width=0.25, in_channels=1, image_size=16), seed=1
+    )
+    cluster_weights(model, centres=2, flip=0.01, seed=0)
+    cm = mstc.compress(model, complement=True, input_shape=(1, 16, 16))
+    x = _data(np.random.default_rng(3), (5, 1, 16, 16))
+    made = []
+    bit_planes = FloatConv.bit_planes
+
+    def counted(self, *a, **k):
+        made.append(1)
+        return bit_planes(self, *a, **k)
+
+    monkeypatch.setattr(FloatConv, "bit_planes", counted)
+    ours, theirs = Runtime(cm, "mst", threads=1), Runtime(cm, "mst", threads=1)
+    ours.float_convs, theirs.float_convs = "exact", False
+    assert ours.fusions
+    for rt in (ours, theirs):
+        rt.plans[x.shape] = frozenset(rt.fusions)
+    want, _ = theirs.run(x, return_sums=True)
+    for _ in range(2):
+        assert np.array_equal(_bits(ours.run(x)), _bits(want))
+    assert len(made) == 2
+    assert np.array_equal(_bits(ours.run(x, return_sums=True)[0]), _bits(want))

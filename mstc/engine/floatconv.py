@@ -155,6 +155,68 @@ def _bits_kernel(taps: tuple[tuple[int, int, int], ...], ob: int) -> Callable:
     return _compile(key, src)
 
 
+def _planes_kernel(taps: tuple[tuple[int, int, int], ...], ob: int) -> Callable:
+    """The numba kernel of :meth:`FloatConv.bit_planes` (stride 1):
+    ``k(xf, wt, g, h, Ho, Wo, Wp, Hq, Wq, ph2, pw2, valid, out, cb)``. The fma chains of
+    :func:`_bits_kernel` over the flat padded planes ``xf``, each compared at once
+    (``s * g_c >= h_c``) into the bytes ``cb[j, q]``; then per output channel the bits of the
+    valid outputs go into the zeroed plane ``out[c]`` at bit ``(n * Hq + y + ph2) * Wq + x +
+    pw2`` (the bit-plane layout of :mod:`mstc.engine.sliced`; ``out`` has a word of slack). When
+    the output grid is as wide as the input's (``Wq == Wp``) the ``Ho * Wp`` flat positions are
+    one run of bits: packed 64 at a time, masked by ``valid`` (the pad columns), shifted in
+    whole; else row by row."""
+    key = ("planes", taps, ob)
+    if key in _compiled:
+        return _compiled[key]
+    T = len(taps)
+    i4, i5 = " " * 16, " " * 20
+    src = [
+        "def k(xf, wt, g, h, Ho, Wo, Wp, Hq, Wq, ph2, pw2, valid, out, cb):",
+        "    N = xf.shape[0]; O = wt.shape[1]; L = np.uint64(Ho * Wp); Wu = np.uint64(Wp)",
+        "    one = np.uint64(1); s63 = np.uint64(63); s6 = np.uint64(6)",
+        "    NW = np.uint64(valid.shape[0])",
+        "    for n in range(N):",
+        f"        for o0 in range(0, O, {ob}):",
+    ]
+    src += [f"{i4}w{j}_{t} = wt[{t}, o0 + {j}]" for j in range(ob) for t in range(T)]
+    src += [f"{i4}g{j} = g[o0 + {j}]; h{j} = h[o0 + {j}]" for j in range(ob)]
+    src += [f"{i4}for q in range(L):"]
+    src += [f"{i5}s{j} = np.float32(0.0)" for j in range(ob)]
+    for t, (c, kh, kw) in enumerate(taps):
+        src.append(f"{i5}v = xf[n, {c}, q + np.uint64({kh}) * Wu + np.uint64({kw})]")
+        src += [f"{i5}s{j} = s{j} + v * w{j}_{t}" for j in range(ob)]
+    src += [f"{i5}cb[{j}, q] = np.uint8(s{j} * g{j} >= h{j})" for j in range(ob)]
+    src += [
+        f"{i4}for j in range({ob}):",
+        f"{i4}    plane = out[o0 + j]; cj = cb[j]",
+        f"{i4}    if Wq == Wp:",
+        f"{i4}        base = np.uint64((n * Hq + ph2) * Wq + pw2)",
+        f"{i4}        a0 = base >> s6; b = base & s63",
+        f"{i4}        for k in range(NW):",
+        f"{i4}            wd = np.uint64(0)",
+        f"{i4}            for t in range(64):",
+        f"{i4}                wd |= np.uint64(cj[k * np.uint64(64) + np.uint64(t)]) << np.uint64(t)",
+        f"{i4}            wd &= valid[k]",
+        f"{i4}            plane[a0 + k] |= wd << b",
+        f"{i4}            plane[a0 + k + one] |= (wd >> one) >> (s63 - b)",
+        f"{i4}    else:",
+        f"{i4}        for y in range(Ho):",
+        f"{i4}            qb = np.uint64(y) * Wu",
+        f"{i4}            d = np.uint64((n * Hq + y + ph2) * Wq + pw2)",
+        f"{i4}            for x0 in range(0, Wo, 64):",
+        f"{i4}                ln = np.uint64(min(64, Wo - x0))",
+        f"{i4}                q0 = qb + np.uint64(x0)",
+        f"{i4}                wd = np.uint64(0)",
+        f"{i4}                for t in range(ln):",
+        f"{i4}                    wd |= np.uint64(cj[q0 + t]) << t",
+        f"{i4}                p = d + np.uint64(x0); a = p >> s6; b = p & s63",
+        f"{i4}                plane[a] |= wd << b",
+        f"{i4}                plane[a + one] |= (wd >> one) >> (s63 - b)",
+        "    return out",
+    ]
+    return _compile(key, src)
+
+
 def cache_dir() -> Path:
     """``$MSTC_CACHE/floatconv`` or ``~/.cache/mstc/floatconv``: generated kernel sources, and
     numba's compiled code beside them."""
@@ -222,6 +284,7 @@ class FloatConv:
         T = C * KH * KW
         self.block = next((b for b in (4, 2, 1) if O % b == 0 and T * b <= MAX_UNROLLED), 0)
         self._wt: dict[str, np.ndarray] = {}
+        self._valid: dict[tuple[int, int, int], np.ndarray] = {}
 
     @property
     def supported(self) -> bool:
@@ -322,6 +385,56 @@ class FloatConv:
             for a in (xf, row, lanes):
                 pool.give(a)
         return words
+
+    def bit_planes(
+        self,
+        x: np.ndarray,
+        order: str,
+        compare: tuple[np.ndarray, np.ndarray],
+        padding: tuple[int, int],
+        words: int,
+        pool: BufferPool | None = None,
+    ) -> np.ndarray:
+        """As :meth:`packed_bits`, but in the bit-plane layout of :mod:`mstc.engine.sliced`:
+        uint64 ``(O, words)``, bit ``(n * (Ho + 2 ph) + y + ph) * (Wo + 2 pw) + x + pw`` of row
+        c set iff ``s * g_c >= h_c`` for output (n, c, y, x); padding and slack bits 0. ``words``
+        (the consumer's :class:`~mstc.engine.sliced.PlaneGeometry` words) must cover the grid
+        plus one word."""
+        N, O, Ho, Wo = self._check(x)
+        if not self.packs_bits:
+            raise ValueError("bit_planes needs stride 1")
+        g, h = compare
+        if g.shape != (O,) or h.shape != (O,) or g.dtype != np.float32 or h.dtype != np.float32:
+            raise ValueError(f"compare arrays must be float32 ({O},)")
+        ph2, pw2 = int(padding[0]), int(padding[1])
+        Hq, Wq = Ho + 2 * ph2, Wo + 2 * pw2
+        if words < (N * Hq * Wq + 63) // 64 + 1:
+            raise ValueError(f"{words} words per plane cannot hold {N} grids of {Hq} x {Wq}")
+        taps, wt = self._taps(order)
+        _, C, H, W = x.shape
+        (ph, pw), KW = self.padding, self.weight.shape[3]
+        Hp, Wp = H + 2 * ph, W + 2 * pw
+        xf = empty(pool, (N, C, Hp * Wp + KW), np.float32)
+        xf[:, :, Hp * Wp :] = 0
+        _pad_into(x, xf[:, :, : Hp * Wp].reshape(N, C, Hp, Wp), ph, pw)
+        out = np.zeros((O, words), np.uint64)
+        L = Ho * Wp
+        nw = (L + 63) // 64
+        valid = self._valid.get((L, Wp, Wo))
+        if valid is None:  # bit q of the flat run: a valid output column
+            keep = np.zeros(64 * nw, bool)
+            keep[:L] = np.arange(L) % Wp < Wo
+            valid = self._valid[(L, Wp, Wo)] = (
+                np.packbits(keep, bitorder="little").view("<u8").astype(np.uint64)
+            )
+        cb = empty(pool, (self.block, 64 * nw), np.uint8)
+        cb[:, L:] = 0
+        kernel = _planes_kernel(taps, self.block)
+        kernel(xf, wt, g, h, Ho, Wo, Wp, Hq, Wq, ph2, pw2, valid, out, cb)
+        if pool is not None:
+            pool.give(xf)
+            pool.give(cb)
+        return out
 
     @property
     def packs_bits(self) -> bool:

@@ -53,7 +53,7 @@ from mstc.engine.epilogue import EpilogueKernel, affine_form, shortcut_bn_form
 from mstc.engine.floatconv import FloatConv, bits_plan, faster_than_torch, torch_order
 from mstc.engine.floatops import avg_pool2d, pool_output_size
 from mstc.engine.fold import PackedBits, RuledInput, float_threshold_rule, threshold_rule
-from mstc.engine.sliced import BitPlanes
+from mstc.engine.sliced import BitPlanes, plane_geometry
 from mstc.format import BinaryLayerCode, CompressedModel, Node
 
 
@@ -577,21 +577,26 @@ class Runtime:
         backend, pool = self.backend, self.pool
         input_slot = output_slot = -1
 
-        #: slot -> (rule, padding) of each binary conv reading it through a folded BatchNorm
-        folded_reads: dict[int, list[tuple[tuple[np.ndarray, np.ndarray], tuple[int, int]]]] = {}
+        #: slot -> (rule, padding, layer, fused) of each binary conv reading it through a folded
+        #: BatchNorm (fused: the conv runs as a fusion of this plan, reading bit planes)
+        folded_reads: dict[int, list[tuple[Any, tuple[int, int], BinaryLayerCode, bool]]] = {}
         float_convs: dict[int, tuple[int, Node]] = {}  # float conv's output slot -> step, node
 
-        def conv_input(node: Node):
+        def conv_input(node: Node, fused: bool = False):
             """(slot read, function of the slot's value giving the conv's input)."""
             fold = self.input_folds.get(node.name)
             if fold is not None:
                 mode, t = fold[2]
                 src = slot(fold[1])
                 layer = self.compressed.layers[node.attrs["layer"]]
-                folded_reads.setdefault(src, []).append((fold[2], tuple(layer.padding)))
+                folded_reads.setdefault(src, []).append(
+                    (fold[2], tuple(layer.padding), layer, fused)
+                )
 
                 def make(v, mode=mode, t=t):
-                    return v if type(v) is PackedBits else RuledInput(_np(v), mode, t)
+                    if type(v) is PackedBits or type(v) is BitPlanes:
+                        return v
+                    return RuledInput(_np(v), mode, t)
 
                 return src, make
             return slot(node.inputs[0]), lambda v: v if isinstance(v, BitPlanes) else _np(v)
@@ -635,7 +640,7 @@ class Runtime:
             f = self.fusions.get(name) if name in active else None
             e = self.epilogues.get(name) if f is None else None
             if f is not None:
-                src, make = conv_input(node)
+                src, make = conv_input(node, fused=True)
                 layer = self.compressed.layers[node.attrs["layer"]]
                 out = slot(f.output)
 
@@ -695,16 +700,23 @@ class Runtime:
             uses = folded_reads.get(out, [])
             if not uses or len(uses) != n_reads[out] or out == output_slot:
                 continue
-            (rule, padding), rest = uses[0], uses[1:]
+            (rule, padding, layer, _), rest = uses[0], uses[1:]
             same = all(
                 p == padding and np.array_equal(r[0], rule[0]) and np.array_equal(r[1], rule[1])
-                for r, p in rest
+                for r, p, _, _ in rest
             )
+            # fused readers take bit planes; made directly if they all read the same grid
+            planes_for = layer if all(u[3] for u in uses) else None
+            if planes_for is not None and any(
+                (u[2].kernel_size, u[2].dilation) != (layer.kernel_size, layer.dilation)
+                for u in rest
+            ):
+                planes_for = None
             if same and group.count(group[out]) == 1:
                 src = reads[k][0]
 
-                def step(v, node=node, src=src, out=out, rule=rule, padding=padding):
-                    v[out] = self._stem_bits(node, _torch(v[src]), rule, padding)
+                def step(v, node=node, src=src, out=out, rule=rule, padding=padding, pl=planes_for):
+                    v[out] = self._stem_bits(node, _torch(v[src]), rule, padding, pl)
 
                 steps[k] = step
         # release each memory group after the last step reading any of its slots
@@ -868,12 +880,21 @@ class Runtime:
             return order
         return order if faster_than_torch(conv, order, x.numpy()) else None
 
-    def _stem_bits(self, node: Node, x: torch.Tensor, rule, padding: tuple[int, int]):
+    def _stem_bits(
+        self,
+        node: Node,
+        x: torch.Tensor,
+        rule,
+        padding: tuple[int, int],
+        planes_for: BinaryLayerCode | None = None,
+    ):
         """A float conv whose only readers binarise it by ``rule`` (compiled passes): its output
         as :class:`PackedBits` for convs with ``padding`` where
         :meth:`FloatConv.packed_bits` was found exact and faster at this input shape
         (:func:`mstc.engine.floatconv.bits_plan`), else the float output (the readers then pack
-        it themselves)."""
+        it themselves). Readers that are fusions of the plan (``planes_for``: one of them) get
+        :class:`BitPlanes` from :meth:`FloatConv.bit_planes` instead, the same fma chains and
+        compare (the plan found for the words applies)."""
         conv = self._float_conv(node)
         plan = None
         if conv is not None:
@@ -886,8 +907,11 @@ class Runtime:
         if plan is None:
             return self._conv2d(node, x)
         order, compare = plan
-        words = conv.packed_bits(x.numpy(), order, compare, padding, self.pool)
         n, c, h, w = conv.output_shape(tuple(x.shape))
+        if planes_for is not None:
+            g = plane_geometry(planes_for, n, h, w)
+            return BitPlanes(conv.bit_planes(x.numpy(), order, compare, padding, g.words), g)
+        words = conv.packed_bits(x.numpy(), order, compare, padding, self.pool)
         return PackedBits(words, (n, c, h, w), padding)
 
     def _float_conv(self, node: Node) -> FloatConv | None:
