@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import mstc
+import mstc.engine.sliced as sliced
 from mstc.bench import cluster_weights
 from mstc.engine import Runtime, get_backend
 from mstc.engine.fold import apply_rule, threshold_rule
@@ -27,6 +28,8 @@ from mstc.engine.sliced import (
     LE,
     SlicedLayer,
     emit_planes,
+    grid_words,
+    output_hw,
     pack_planes,
     plane_geometry,
     run_layer,
@@ -342,3 +345,29 @@ def test_rule_planes_matches_numpy(n, c, hw, taps, pool, pad, seed):
     want = pack_planes(bits.astype(np.float32) - 0.5, g)
     got = rule_planes(sums, taps, (mode, t), pool, g)
     np.testing.assert_array_equal(got.bits, want.bits)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    planes=st.integers(1, 20),
+    n=st.integers(1, 3),
+    h=st.integers(1, 12),
+    w=st.integers(1, 70),
+    pad=st.integers(0, 2),
+    seed=st.integers(0, 5),
+)
+def test_unpack_sums_transposed_equals_plane_by_plane(planes, n, h, w, pad, seed):
+    """The bit-matrix transpose unpack (up to 16 planes; beyond, the plane loop) against the
+    plane-by-plane reference, on random v planes of odd grids (values up to 2^planes - 1)."""
+    rng = np.random.default_rng(seed)
+    layer = _layer(rng, 2, 5, (3, 3), (1, 1), (pad, pad), 1, 0.2, 0.0)
+    assume(h + 2 * pad > 2 and w + 2 * pad > 2)
+    sched = SlicedLayer(layer)
+    g = plane_geometry(layer, n, h, w)
+    ow = grid_words(n, g.hp, g.wp)
+    VS = rng.integers(0, 2**63, size=(layer.cout, planes, ow), dtype=np.uint64)
+    VS |= rng.integers(0, 2, size=VS.shape, dtype=np.uint64) << np.uint64(63)
+    ho, wo = output_hw(layer, g)
+    want = np.empty((n, layer.cout, ho, wo), np.int32)
+    sliced._unpack_sums(VS, sched.c, layer.n, n, g.hp, g.wp, ho, wo, want)
+    np.testing.assert_array_equal(unpack_sums(sched, VS, g), want)

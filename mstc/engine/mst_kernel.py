@@ -625,8 +625,12 @@ class MSTBackend(Backend):
 
     def _planes_sums(self, layer: BinaryLayerCode, x: BitPlanes) -> np.ndarray:
         st = self._sliced(layer)
-        _, VS = run_layer(st, x, emit=None, want_planes=True, nthreads=_set_threads(self.threads))
-        return unpack_sums(st, VS, x.geometry)
+        nthreads = _set_threads(self.threads)
+        _, VS = run_layer(st, x, emit=None, want_planes=True, nthreads=nthreads, pool=self.pool)
+        sums = unpack_sums(st, VS, x.geometry, self.pool)
+        if self.pool is not None:
+            self.pool.give(VS)
+        return sums
 
     def conv2d(self, layer: BinaryLayerCode, x) -> np.ndarray:
         if isinstance(x, BitPlanes):
