@@ -153,6 +153,10 @@ def test_word_kernel_equals_tile_kernel(seed, monkeypatch):
         monkeypatch.setattr(sliced, "SMALL_WORDS", small)
         OB, VS = run_layer(sched, planes, emit=emit, want_planes=True)
         got[small] = (OB[:, :-1], VS)
+        # emitting only: the tile kernel keeps no planes of leaves, same bits
+        bits, none = run_layer(sched, planes, emit=emit, want_planes=False)
+        assert none is None
+        np.testing.assert_array_equal(bits[:, :-1], got[small][0])
     np.testing.assert_array_equal(got[0][0], got[10**9][0])
     np.testing.assert_array_equal(got[0][1], got[10**9][1])
 

@@ -530,6 +530,18 @@ def _levels(depth, nbits):  # pragma: no cover - numba
     return nlev, lmax
 
 
+@njit(cache=True, inline="always")
+def _compare_plane(G, p, up, tu):  # pragma: no cover - numba
+    """One plane (bit b) of an LSB-first compare v >= T: with G_b = (v mod 2^(b+1) >= T mod
+    2^(b+1)) and G_-1 = 1, G_b = v_b AND G_(b-1) where T_b = 1 (``up``), else v_b OR G_(b-1)."""
+    if up:
+        for i in range(tu):
+            G[i] &= p[i]
+    else:
+        for i in range(tu):
+            G[i] |= p[i]
+
+
 @njit(cache=True)
 def _tiles(
     X, tap_c, tap_w, tap_b, order, depth, kind, ncomp, ptr, tidx, tflip, nbits, B,
@@ -544,8 +556,8 @@ def _tiles(
     V = np.zeros((nlev, B, TW), np.uint64)
     M = np.zeros((lmax + 1, TW), np.uint64)
     C4 = np.empty(TW, np.uint64)
-    GE_ = np.empty(TW, np.uint64)
-    EQ = np.empty(TW, np.uint64)
+    G = np.empty(TW, np.uint64)
+    W = np.empty(TW, np.uint64)
     ones = ~np.uint64(0)
     want_bits = OB.shape[0] > 0
     want_planes = VS.shape[0] > 0
@@ -608,61 +620,70 @@ def _tiles(
             dj = depth[e]
             P = V[dj]
             kd = kind[e]
+            md = emode[e] if want_bits else 0
+            cmp = md >= 2  # v >= T, built bottom-up with the planes (see below)
+            T = etv[e]
+            # a leaf's planes are read by no later node: computed for the compare only
+            store = want_planes or (e + 1 < cout and depth[e + 1] > dj)
+            if cmp:
+                for i in range(tu):
+                    G[i] = ones
             if kd == 0:  # root: v = m
                 for b in range(B):
+                    up = (T >> np.uint64(b)) & np.uint64(1) != 0
                     if b < L:
-                        for i in range(tu):
-                            P[b, i] = M[b, i]
+                        if store:
+                            for i in range(tu):
+                                P[b, i] = M[b, i]
+                        if cmp:
+                            _compare_plane(G, M[b], up, tu)
                     else:
-                        for i in range(tu):
-                            P[b, i] = 0
+                        if store:
+                            for i in range(tu):
+                                P[b, i] = 0
+                        if cmp and up:
+                            for i in range(tu):
+                                G[i] = 0
             else:  # v = src + 2m, src = v_parent or its complement over ncomp planes
                 S = V[dj - 1]
                 nc = ncomp[e] if kd == 2 else 0
+                fl = ones if nc > 0 else np.uint64(0)
+                D = P[0] if store else W
                 for i in range(tu):
-                    P[0, i] = S[0, i] ^ ones if nc > 0 else S[0, i]
+                    D[i] = S[0, i] ^ fl
                     C4[i] = 0
+                if cmp:
+                    _compare_plane(G, D, (T & np.uint64(1)) != 0, tu)
                 for b in range(1, B):
                     fl = ones if b < nc else np.uint64(0)
+                    D = P[b] if store else W
                     if b - 1 < L:
                         for i in range(tu):
-                            C4[i], P[b, i] = _csa(S[b, i] ^ fl, M[b - 1, i], C4[i])
+                            C4[i], D[i] = _csa(S[b, i] ^ fl, M[b - 1, i], C4[i])
                     else:
                         for i in range(tu):
-                            s = S[b, i] ^ fl
-                            P[b, i] = s ^ C4[i]
-                            C4[i] = s & C4[i]
+                            x = S[b, i] ^ fl
+                            D[i] = x ^ C4[i]
+                            C4[i] = x & C4[i]
+                    if cmp:
+                        _compare_plane(G, D, (T >> np.uint64(b)) & np.uint64(1) != 0, tu)
             if want_planes:
                 for b in range(B):
                     for i in range(tu):
                         VS[j, b, t0u + i] = P[b, i]
             if want_bits:
-                md = emode[e]
                 if md == 0:
                     for i in range(tu):
                         OB[j, t0u + i] = 0
                 elif md == 1:
                     for i in range(tu):
                         OB[j, t0u + i] = ones
-                else:
-                    T = etv[e]
+                elif md == 2:
                     for i in range(tu):
-                        GE_[i] = 0
-                        EQ[i] = ones
-                    for bb in range(B):
-                        b = B - 1 - bb
-                        if (T >> np.uint64(b)) & np.uint64(1):
-                            for i in range(tu):
-                                EQ[i] &= P[b, i]
-                        else:
-                            for i in range(tu):
-                                GE_[i] |= EQ[i] & P[b, i]
-                    if md == 2:
-                        for i in range(tu):
-                            OB[j, t0u + i] = GE_[i] | EQ[i]
-                    else:
-                        for i in range(tu):
-                            OB[j, t0u + i] = ~(GE_[i] | EQ[i])
+                        OB[j, t0u + i] = G[i]
+                else:
+                    for i in range(tu):
+                        OB[j, t0u + i] = ~G[i]
 
 
 @njit(cache=True, inline="always")
@@ -770,21 +791,29 @@ def _words(
                 q += one
             dj = depth[e]
             kd = kind[e]
+            T = etv[e]
+            g = ones  # the LSB-first compare v >= T of _compare_plane
             if kd == 0:  # root: v = m
                 for b in range(B):
-                    V[dj, b] = M[b] if b < L else np.uint64(0)
+                    v = M[b] if b < L else np.uint64(0)
+                    V[dj, b] = v
+                    g = v & g if (T >> np.uint64(b)) & one else v | g
             else:  # v = src + 2m, src = v_parent or its complement over ncomp planes
                 nc = ncomp[e] if kd == 2 else 0
                 s0 = V[dj - 1, 0]
-                V[dj, 0] = s0 ^ ones if nc > 0 else s0
+                v = s0 ^ ones if nc > 0 else s0
+                V[dj, 0] = v
+                g = v & g if T & one else v | g
                 c = np.uint64(0)
                 for b in range(1, B):
                     sv = V[dj - 1, b] ^ (ones if b < nc else np.uint64(0))
                     if b - 1 < L:
-                        c, V[dj, b] = _csa(sv, M[b - 1], c)
+                        c, v = _csa(sv, M[b - 1], c)
                     else:
-                        V[dj, b] = sv ^ c
+                        v = sv ^ c
                         c = sv & c
+                    V[dj, b] = v
+                    g = v & g if (T >> np.uint64(b)) & one else v | g
             if want_planes:
                 for b in range(B):
                     VS[j, b, i] = V[dj, b]
@@ -795,16 +824,7 @@ def _words(
                 elif md == 1:
                     OB[j, i] = ones
                 else:
-                    T = etv[e]
-                    ge = np.uint64(0)
-                    eq = ones
-                    for bb in range(B):
-                        b = B - 1 - bb
-                        if (T >> np.uint64(b)) & one:
-                            eq &= V[dj, b]
-                        else:
-                            ge |= eq & V[dj, b]
-                    OB[j, i] = ge | eq if md == 2 else ~(ge | eq)
+                    OB[j, i] = g if md == 2 else ~g
 
 
 @njit(parallel=True, cache=True)
