@@ -23,7 +23,9 @@ system when they are freed, so the output's pages fault again on every pass; the
 kernel writes into the runtime's buffer pool (``benchmarks/float_convs.py``, BENCHMARKS.md).
 :meth:`FloatConv.packed_bits` goes one step further for a conv whose output is only binarised
 (vgg_small's stem): the same chains, compared with the folded BatchNorm's threshold and packed
-into the next binary conv's input words, no float output at all.
+into the next binary conv's input words, no float output at all; :meth:`FloatConv.bit_planes`
+writes the same bits in the bit-plane layout of :mod:`mstc.engine.sliced`, for mst convs that
+read planes.
 
 Each tap list is compiled once (numba, generated source with the taps unrolled so that the loop
 over output positions vectorises; 1-3 s) and cached on disk (:func:`cache_dir`).

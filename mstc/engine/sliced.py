@@ -18,8 +18,10 @@ Arithmetic, per tile and per output channel j, all 64*TW positions at once:
   update is an add of 2m only: v_j = v_p + 2m, or (complement) v_j = (2^b - 1 - v_p) + 2m, the
   complement taken over the b planes v_p can occupy; c_j and B follow from interval bounds.
 - Emit: the next layer's input bit is a threshold on u (mstc.engine.fold) -- u >= t or u <= t --
-  i.e. a compare of v against the constant t - c_j, done bit-sliced from the top plane down. Or
-  the integer sums y = 2(v + c) - n are unpacked (a chain's last layer, and verification).
+  i.e. a compare of v against the constant T = t - c_j, done bit-sliced LSB first as the planes
+  come out of the adder: G_b = v_b AND G_(b-1) where bit b of T is 1, else v_b OR G_(b-1)
+  (G_-1 = 1; G_(B-1) = [v >= T]). Or the integer sums y = 2(v + c) - n are unpacked by 16 x 16
+  bit-matrix transposes (a chain's last layer, and verification).
 
 Channels are visited in depth-first preorder, so the parent of a node at depth t is the last node
 seen at depth t - 1: scratch planes are needed for one node per tree level only.
