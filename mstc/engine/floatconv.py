@@ -102,6 +102,21 @@ def _kernel(taps: tuple[tuple[int, int, int], ...], sh: int, sw: int, ob: int) -
     return _compile(key, src)
 
 
+def _flat_chains(taps: tuple[tuple[int, int, int], ...], ob: int) -> list[str]:
+    """Generated lines shared by the flat-plane kernels, inside ``for o0``: the block's weights,
+    its compare (g, h), and the loop over the ``L`` flat positions ``q`` computing the fma
+    chains ``s0 .. s{ob-1}`` (the caller appends the loop body's last lines)."""
+    i4, i5 = " " * 16, " " * 20
+    src = [f"{i4}w{j}_{t} = wt[{t}, o0 + {j}]" for j in range(ob) for t in range(len(taps))]
+    src += [f"{i4}g{j} = g[o0 + {j}]; h{j} = h[o0 + {j}]" for j in range(ob)]
+    src += [f"{i4}for q in range(L):"]
+    src += [f"{i5}s{j} = np.float32(0.0)" for j in range(ob)]
+    for t, (c, kh, kw) in enumerate(taps):
+        src.append(f"{i5}v = xf[n, {c}, q + np.uint64({kh}) * Wu + np.uint64({kw})]")
+        src += [f"{i5}s{j} = s{j} + v * w{j}_{t}" for j in range(ob)]
+    return src
+
+
 def _bits_kernel(taps: tuple[tuple[int, int, int], ...], ob: int) -> Callable:
     """The numba kernel of :meth:`FloatConv.packed_bits` (stride 1):
     ``k(xf, wt, g, h, Ho, Wo, Wp, ph2, pw2, out, row, lo, hi)``. ``xf`` (N, C, Hp * Wp + tail)
@@ -113,7 +128,6 @@ def _bits_kernel(taps: tuple[tuple[int, int, int], ...], ob: int) -> Callable:
     key = ("bits", taps, ob)
     if key in _compiled:
         return _compiled[key]
-    T = len(taps)
     i3, i4, i5 = " " * 12, " " * 16, " " * 20
     bits = " | ".join(f"(np.uint32(row[{j}, q] * g{j} >= h{j}) << b{j})" for j in range(ob))
     src = [
@@ -132,14 +146,8 @@ def _bits_kernel(taps: tuple[tuple[int, int, int], ...], ob: int) -> Callable:
         "                hi[q] = 0",
         f"            for o0 in range(64 * cw, min(O, 64 * cw + 64), {ob}):",
     ]
-    src += [f"{i4}w{j}_{t} = wt[{t}, o0 + {j}]" for j in range(ob) for t in range(T)]
-    src += [f"{i4}g{j} = g[o0 + {j}]; h{j} = h[o0 + {j}]" for j in range(ob)]
     src += [f"{i4}b{j} = np.uint32((o0 + {j}) & 31)" for j in range(ob)]
-    src += [f"{i4}for q in range(L):"]
-    src += [f"{i5}s{j} = np.float32(0.0)" for j in range(ob)]
-    for t, (c, kh, kw) in enumerate(taps):
-        src.append(f"{i5}v = xf[n, {c}, q + np.uint64({kh}) * Wu + np.uint64({kw})]")
-        src += [f"{i5}s{j} = s{j} + v * w{j}_{t}" for j in range(ob)]
+    src += _flat_chains(taps, ob)
     src += [f"{i5}row[{j}, q] = s{j}" for j in range(ob)]
     src += [
         f"{i4}if o0 - 64 * cw >= 32:",
@@ -170,7 +178,6 @@ def _planes_kernel(taps: tuple[tuple[int, int, int], ...], ob: int) -> Callable:
     key = ("planes", taps, ob)
     if key in _compiled:
         return _compiled[key]
-    T = len(taps)
     i4, i5 = " " * 16, " " * 20
     src = [
         "def k(xf, wt, g, h, Ho, Wo, Wp, Hq, Wq, ph2, pw2, valid, out, cb):",
@@ -180,13 +187,7 @@ def _planes_kernel(taps: tuple[tuple[int, int, int], ...], ob: int) -> Callable:
         "    for n in range(N):",
         f"        for o0 in range(0, O, {ob}):",
     ]
-    src += [f"{i4}w{j}_{t} = wt[{t}, o0 + {j}]" for j in range(ob) for t in range(T)]
-    src += [f"{i4}g{j} = g[o0 + {j}]; h{j} = h[o0 + {j}]" for j in range(ob)]
-    src += [f"{i4}for q in range(L):"]
-    src += [f"{i5}s{j} = np.float32(0.0)" for j in range(ob)]
-    for t, (c, kh, kw) in enumerate(taps):
-        src.append(f"{i5}v = xf[n, {c}, q + np.uint64({kh}) * Wu + np.uint64({kw})]")
-        src += [f"{i5}s{j} = s{j} + v * w{j}_{t}" for j in range(ob)]
+    src += _flat_chains(taps, ob)
     src += [f"{i5}cb[{j}, q] = np.uint8(s{j} * g{j} >= h{j})" for j in range(ob)]
     src += [
         f"{i4}for j in range({ob}):",
@@ -349,6 +350,24 @@ class FloatConv:
             pool.give(xp)
         return out
 
+    def _flat_input(self, x: np.ndarray, compare, pool: BufferPool | None):
+        """Checks of the binarising kernels, and ``x`` zero-padded into flat planes (N, C,
+        Hp * Wp + KW) (the tail covers the last row's pad-column reads): (output shape, planes,
+        Wp)."""
+        N, O, Ho, Wo = self._check(x)
+        if not self.packs_bits:
+            raise ValueError("binarised outputs need stride 1")
+        g, h = compare
+        if g.shape != (O,) or h.shape != (O,) or g.dtype != np.float32 or h.dtype != np.float32:
+            raise ValueError(f"compare arrays must be float32 ({O},)")
+        _, C, H, W = x.shape
+        (ph, pw), KW = self.padding, self.weight.shape[3]
+        Hp, Wp = H + 2 * ph, W + 2 * pw
+        xf = empty(pool, (N, C, Hp * Wp + KW), np.float32)
+        xf[:, :, Hp * Wp :] = 0
+        _pad_into(x, xf[:, :, : Hp * Wp].reshape(N, C, Hp, Wp), ph, pw)
+        return (N, O, Ho, Wo), xf, Wp
+
     def packed_bits(
         self,
         x: np.ndarray,
@@ -362,20 +381,9 @@ class FloatConv:
         ceil(O / 64)]`` uint64, pad bits 0 -- without the float output reaching memory (stride 1
         only, :attr:`packs_bits`). The same fma chains as :meth:`__call__`, then
         ``bit = s * g_c >= h_c`` with ``compare`` = (g, h) from :func:`rule_compare`."""
-        N, O, Ho, Wo = self._check(x)
-        if not self.packs_bits:
-            raise ValueError("packed_bits needs stride 1")
-        g, h = compare
-        if g.shape != (O,) or h.shape != (O,) or g.dtype != np.float32 or h.dtype != np.float32:
-            raise ValueError(f"compare arrays must be float32 ({O},)")
+        (N, O, Ho, Wo), xf, Wp = self._flat_input(x, compare, pool)
         taps, wt = self._taps(order)
-        _, C, H, W = x.shape
-        (ph, pw), KW = self.padding, self.weight.shape[3]
-        Hp, Wp = H + 2 * ph, W + 2 * pw
-        # flat padded planes; the tail covers the last row's pad-column reads
-        xf = empty(pool, (N, C, Hp * Wp + KW), np.float32)
-        xf[:, :, Hp * Wp :] = 0
-        _pad_into(x, xf[:, :, : Hp * Wp].reshape(N, C, Hp, Wp), ph, pw)
+        g, h = compare
         ph2, pw2 = int(padding[0]), int(padding[1])
         words = empty(pool, (N, Ho + 2 * ph2, Wo + 2 * pw2, (O + 63) // 64), np.uint64)
         L = Ho * Wp
@@ -403,22 +411,13 @@ class FloatConv:
         (the consumer's :class:`~mstc.engine.sliced.PlaneGeometry` words) must cover the grid
         plus one word."""
         N, O, Ho, Wo = self._check(x)
-        if not self.packs_bits:
-            raise ValueError("bit_planes needs stride 1")
-        g, h = compare
-        if g.shape != (O,) or h.shape != (O,) or g.dtype != np.float32 or h.dtype != np.float32:
-            raise ValueError(f"compare arrays must be float32 ({O},)")
         ph2, pw2 = int(padding[0]), int(padding[1])
         Hq, Wq = Ho + 2 * ph2, Wo + 2 * pw2
         if words < (N * Hq * Wq + 63) // 64 + 1:
             raise ValueError(f"{words} words per plane cannot hold {N} grids of {Hq} x {Wq}")
+        _, xf, Wp = self._flat_input(x, compare, pool)
         taps, wt = self._taps(order)
-        _, C, H, W = x.shape
-        (ph, pw), KW = self.padding, self.weight.shape[3]
-        Hp, Wp = H + 2 * ph, W + 2 * pw
-        xf = empty(pool, (N, C, Hp * Wp + KW), np.float32)
-        xf[:, :, Hp * Wp :] = 0
-        _pad_into(x, xf[:, :, : Hp * Wp].reshape(N, C, Hp, Wp), ph, pw)
+        g, h = compare
         out = np.zeros((O, words), np.uint64)
         L = Ho * Wp
         nw = (L + 63) // 64
