@@ -582,6 +582,17 @@ def _tiles(
                     XT[k, i] = (row[wa + i] >> sb) | (row[wa + i + np.uint64(1)] << cb)
         for e in range(cout):
             j = order[e]
+            dj = depth[e]
+            md = emode[e] if want_bits else 0
+            cmp = md >= 2  # v >= T, built bottom-up with the planes (see below)
+            # a leaf's planes are read by no later node: computed for the compare only
+            store = want_planes or (e + 1 < cout and depth[e + 1] > dj)
+            if not (store or cmp):  # a constant leaf: nothing to count
+                if want_bits:
+                    c = ones if md == 1 else np.uint64(0)
+                    for i in range(tu):
+                        OB[j, t0u + i] = c
+                continue
             L = nbits[e]
             for l in range(L):
                 for i in range(tu):
@@ -619,14 +630,9 @@ def _tiles(
                     C4[i] = XT[k0, i] ^ f0
                 _ripple(M, C4, 0, L, tu)
                 q += 1
-            dj = depth[e]
             P = V[dj]
             kd = kind[e]
-            md = emode[e] if want_bits else 0
-            cmp = md >= 2  # v >= T, built bottom-up with the planes (see below)
             T = etv[e]
-            # a leaf's planes are read by no later node: computed for the compare only
-            store = want_planes or (e + 1 < cout and depth[e + 1] > dj)
             if cmp:
                 for i in range(tu):
                     G[i] = ones
