@@ -33,6 +33,8 @@ TRAINED = "results/models/vgg_small_w0.25_fmnist_lam3e-5_k4.mstc"
 def _model(name: str):
     if name == "trained":
         return mstc.load(TRAINED)
+    if name.endswith(".mstc"):  # any compressed checkpoint
+        return mstc.load(name)
     torch.manual_seed(0)
     return mstc.compress(create_model(name).eval(), complement=True)
 
@@ -116,7 +118,9 @@ def avg_pool(n: int) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="resnet20,trained")
+    p.add_argument(
+        "--models", default="resnet20,trained", help='registered names, "trained", .mstc files'
+    )
     p.add_argument("--backends", default="packed,mst")
     p.add_argument("--batches", default="1,32")
     p.add_argument("--passes", type=int, default=300, help="at batch 1 (a tenth at larger)")
