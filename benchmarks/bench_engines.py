@@ -76,6 +76,20 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _json_objects(text: str) -> list[dict]:
+    """The JSON objects of a results file: one per line (this script's ``--out``) or pretty
+    printed one after the other (``mstc bench --json >> file``)."""
+    decoder = json.JSONDecoder()
+    rows, i = [], 0
+    while True:
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i == len(text):
+            return rows
+        row, i = decoder.raw_decode(text, i)
+        rows.append(row)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="/tmp/mstc_engines.jsonl")
@@ -91,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.table:
         with open(args.table) as f:
-            print(table([json.loads(line) for line in f if line.strip()]))
+            print(table(_json_objects(f.read())))
         return 0
     rows = []
     for model, weights, batch, threads in itertools.product(

@@ -1,7 +1,7 @@
 """Where an engine spends its time: CPU time per runtime op and per engine kernel entry point.
 
 Wraps the runtime's float ops (by op type), the epilogue pass and the engine entry points
-(``xnor_conv``, ``packed_input``, ``run_layer``, ``unpack_sums``, ``pack_planes``,
+(``xnor_conv``, ``packed_input``, ``run_layer``, ``layer_sums``, ``pack_planes``,
 ``emit_planes``, the delta kernel) with thread-CPU-time counters and runs whole passes after two
 warm-up passes. Nested entries overlap (``binary sums`` contains the kernels of the layer).
 
@@ -78,6 +78,7 @@ def main() -> None:
             wrap(mod, name, name)
     for name in (
         "run_layer",
+        "layer_sums",
         "unpack_sums",
         "pack_planes",
         "emit_planes",

@@ -49,6 +49,7 @@ from mstc.engine.sliced import (
     SlicedLayer,
     emit_planes,
     grid_words,
+    layer_sums,
     output_hw,
     pack_planes,
     plane_geometry,
@@ -57,7 +58,6 @@ from mstc.engine.sliced import (
     rule_planes,
     run_layer,
     sliceable,
-    unpack_sums,
     words_to_planes,
 )
 from mstc.format import BinaryLayerCode
@@ -604,13 +604,16 @@ class MSTBackend(Backend):
         if emit is None:
             emit = self._emit_cache[layer.name] = st.emit_rule(*rule)
         nthreads = _set_threads(self.threads)
-        OB, VS = run_layer(st, planes, emit=emit, want_planes=want_sums, nthreads=nthreads)
+        if want_sums:
+            OB, sums = layer_sums(st, planes, emit=emit, nthreads=nthreads)
+        else:
+            OB, _ = run_layer(st, planes, emit=emit, want_planes=False, nthreads=nthreads)
+            sums = None
         g = planes.geometry
         ho, wo = output_hw(layer, g)
         h2, w2 = (ho // 2, wo // 2) if pool else (ho, wo)
         nxt = plane_geometry(consumer, g.n, h2, w2)
-        out = emit_planes(st, OB, g, pool, nxt)
-        return out, (unpack_sums(st, VS, g) if want_sums else None)
+        return emit_planes(st, OB, g, pool, nxt), sums
 
     def _fused_int(self, layer, x, rule, pool, consumer, want_sums):
         s = self._conv(layer, x if isinstance(x, BitPlanes) else check_input(layer, x))
@@ -624,13 +627,8 @@ class MSTBackend(Backend):
         return out, None
 
     def _planes_sums(self, layer: BinaryLayerCode, x: BitPlanes) -> np.ndarray:
-        st = self._sliced(layer)
         nthreads = _set_threads(self.threads)
-        _, VS = run_layer(st, x, emit=None, want_planes=True, nthreads=nthreads, pool=self.pool)
-        sums = unpack_sums(st, VS, x.geometry, self.pool)
-        if self.pool is not None:
-            self.pool.give(VS)
-        return sums
+        return layer_sums(self._sliced(layer), x, nthreads=nthreads, pool=self.pool)[1]
 
     def conv2d(self, layer: BinaryLayerCode, x) -> np.ndarray:
         if isinstance(x, BitPlanes):

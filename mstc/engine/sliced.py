@@ -533,6 +533,92 @@ def _levels(depth, nbits):  # pragma: no cover - numba
 
 
 @njit(cache=True, inline="always")
+def _swap_bits(x, y, s, m):  # pragma: no cover - numba
+    """Delta swap: the bits of x under ``m << s`` trade places with the bits of y under m."""
+    t = ((x >> s) ^ y) & m
+    return x ^ (t << s), y ^ t
+
+
+@njit(cache=True, inline="always")
+def _transpose16(P, n, T):  # pragma: no cover - numba
+    """Bit-matrix transposes of words 0..n-1 of the 16 plane rows ``P`` (v's planes, rows >= B
+    zero) into ``T`` (n, 16): the 16 words of 64 positions form four 16 x 16 bit blocks, one per
+    16-bit lane; four rounds of delta swaps (Hacker's Delight 7-3) transpose all four at once,
+    so that lane L of ``T[i, r]`` holds v at position 64 i + 16 L + r as a uint16 (192 word ops
+    per 64 positions instead of a bit loop per plane)."""
+    m8 = np.uint64(0x00FF00FF00FF00FF)
+    m4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+    m2 = np.uint64(0x3333333333333333)
+    m1 = np.uint64(0x5555555555555555)
+    s8, s4, s2, s1 = np.uint64(8), np.uint64(4), np.uint64(2), np.uint64(1)
+    for i in range(n):
+        r0 = P[0, i]
+        r1 = P[1, i]
+        r2 = P[2, i]
+        r3 = P[3, i]
+        r4 = P[4, i]
+        r5 = P[5, i]
+        r6 = P[6, i]
+        r7 = P[7, i]
+        r8 = P[8, i]
+        r9 = P[9, i]
+        r10 = P[10, i]
+        r11 = P[11, i]
+        r12 = P[12, i]
+        r13 = P[13, i]
+        r14 = P[14, i]
+        r15 = P[15, i]
+        r0, r8 = _swap_bits(r0, r8, s8, m8)
+        r1, r9 = _swap_bits(r1, r9, s8, m8)
+        r2, r10 = _swap_bits(r2, r10, s8, m8)
+        r3, r11 = _swap_bits(r3, r11, s8, m8)
+        r4, r12 = _swap_bits(r4, r12, s8, m8)
+        r5, r13 = _swap_bits(r5, r13, s8, m8)
+        r6, r14 = _swap_bits(r6, r14, s8, m8)
+        r7, r15 = _swap_bits(r7, r15, s8, m8)
+        r0, r4 = _swap_bits(r0, r4, s4, m4)
+        r1, r5 = _swap_bits(r1, r5, s4, m4)
+        r2, r6 = _swap_bits(r2, r6, s4, m4)
+        r3, r7 = _swap_bits(r3, r7, s4, m4)
+        r8, r12 = _swap_bits(r8, r12, s4, m4)
+        r9, r13 = _swap_bits(r9, r13, s4, m4)
+        r10, r14 = _swap_bits(r10, r14, s4, m4)
+        r11, r15 = _swap_bits(r11, r15, s4, m4)
+        r0, r2 = _swap_bits(r0, r2, s2, m2)
+        r1, r3 = _swap_bits(r1, r3, s2, m2)
+        r4, r6 = _swap_bits(r4, r6, s2, m2)
+        r5, r7 = _swap_bits(r5, r7, s2, m2)
+        r8, r10 = _swap_bits(r8, r10, s2, m2)
+        r9, r11 = _swap_bits(r9, r11, s2, m2)
+        r12, r14 = _swap_bits(r12, r14, s2, m2)
+        r13, r15 = _swap_bits(r13, r15, s2, m2)
+        r0, r1 = _swap_bits(r0, r1, s1, m1)
+        r2, r3 = _swap_bits(r2, r3, s1, m1)
+        r4, r5 = _swap_bits(r4, r5, s1, m1)
+        r6, r7 = _swap_bits(r6, r7, s1, m1)
+        r8, r9 = _swap_bits(r8, r9, s1, m1)
+        r10, r11 = _swap_bits(r10, r11, s1, m1)
+        r12, r13 = _swap_bits(r12, r13, s1, m1)
+        r14, r15 = _swap_bits(r14, r15, s1, m1)
+        T[i, 0] = r0
+        T[i, 1] = r1
+        T[i, 2] = r2
+        T[i, 3] = r3
+        T[i, 4] = r4
+        T[i, 5] = r5
+        T[i, 6] = r6
+        T[i, 7] = r7
+        T[i, 8] = r8
+        T[i, 9] = r9
+        T[i, 10] = r10
+        T[i, 11] = r11
+        T[i, 12] = r12
+        T[i, 13] = r13
+        T[i, 14] = r14
+        T[i, 15] = r15
+
+
+@njit(cache=True, inline="always")
 def _compare_plane(G, p, up, tu):  # pragma: no cover - numba
     """One plane (bit b) of an LSB-first compare v >= T: with G_b = (v mod 2^(b+1) >= T mod
     2^(b+1)) and G_-1 = 1, G_b = v_b AND G_(b-1) where T_b = 1 (``up``), else v_b OR G_(b-1)."""
@@ -547,15 +633,21 @@ def _compare_plane(G, p, up, tu):  # pragma: no cover - numba
 @njit(cache=True)
 def _tiles(
     X, tap_c, tap_w, tap_b, order, depth, kind, ncomp, ptr, tidx, tflip, nbits, B,
-    emode, etv, ow, t_begin, t_end, OB, VS,
+    emode, etv, ow, t_begin, t_end, OB, VS, SO, kq, kdst, kt, HW, nsum,
 ):  # fmt: skip  # pragma: no cover - numba
     """Tiles [t_begin, t_end) of TW words (of ``ow`` words in all): OB[j, word] = emitted bits (if OB.shape[0]),
-    VS[j, b, word] = planes of v_j (if VS.shape[0])."""
+    VS[j, b, word] = planes of v_j (if VS.shape[0]), and (if SO.shape[0], B <= 16) the
+    integer sums: per node, the tile's planes transposed (:func:`_transpose16`) and the outputs
+    k in [kt[t], kt[t + 1]) written as SO[kdst[k] + j * HW] = 2 v + nsum[j] from uint16 kq[k] -
+    64 * t0 of the transposed tile (:func:`sums_index`)."""
     K = tap_c.shape[0]
     cout = order.shape[0]
     nlev, lmax = _levels(depth, nbits)
     XT = np.empty((K, TW), np.uint64)
-    V = np.zeros((nlev, B, TW), np.uint64)
+    want_sums = SO.shape[0] > 0
+    V = np.zeros((nlev, 16 if want_sums else B, TW), np.uint64)  # planes >= B stay 0
+    TR = np.empty((TW, 16), np.uint64)  # a node's planes transposed (sums)
+    TR16 = TR.view(np.uint16).reshape(TW * 64)
     M = np.zeros((lmax + 1, TW), np.uint64)
     C4 = np.empty(TW, np.uint64)
     G = np.empty(TW, np.uint64)
@@ -586,7 +678,7 @@ def _tiles(
             md = emode[e] if want_bits else 0
             cmp = md >= 2  # v >= T, built bottom-up with the planes (see below)
             # a leaf's planes are read by no later node: computed for the compare only
-            store = want_planes or (e + 1 < cout and depth[e + 1] > dj)
+            store = want_planes or want_sums or (e + 1 < cout and depth[e + 1] > dj)
             if not (store or cmp):  # a constant leaf: nothing to count
                 if want_bits:
                     c = ones if md == 1 else np.uint64(0)
@@ -679,6 +771,13 @@ def _tiles(
                 for b in range(B):
                     for i in range(tu):
                         VS[j, b, t0u + i] = P[b, i]
+            if want_sums:
+                _transpose16(P, tu, TR)
+                base = t0u * np.uint64(64)
+                nj = nsum[j]
+                joff = np.uint64(j * HW)
+                for k in range(np.uint64(kt[t]), np.uint64(kt[t + 1])):
+                    SO[kdst[k] + joff] = 2 * np.int32(TR16[kq[k] - base]) + nj
             if want_bits:
                 if md == 0:
                     for i in range(tu):
@@ -838,13 +937,24 @@ def _words(
 @njit(parallel=True, cache=True)
 def _tiles_par(
     X, tap_c, tap_w, tap_b, order, depth, kind, ncomp, ptr, tidx, tflip, nbits, B,
-    emode, etv, ow, ntiles, nchunks, OB, VS,
+    emode, etv, ow, ntiles, nchunks, OB, VS, SO, kq, kdst, kt, HW, nsum,
 ):  # fmt: skip  # pragma: no cover - numba
     for ch in prange(nchunks):
         _tiles(
             X, tap_c, tap_w, tap_b, order, depth, kind, ncomp, ptr, tidx, tflip, nbits, B,
             emode, etv, ow, ch * ntiles // nchunks, (ch + 1) * ntiles // nchunks, OB, VS,
+            SO, kq, kdst, kt, HW, nsum,
         )  # fmt: skip
+
+
+_NO_SUMS = (
+    np.zeros(0, np.int32),
+    np.zeros(0, np.uint64),
+    np.zeros(0, np.uint64),
+    np.zeros(1, np.int64),
+    0,
+    np.zeros(0, np.int32),
+)
 
 
 def run_layer(
@@ -860,31 +970,85 @@ def run_layer(
     [Cout, B, words] or None, lent by ``pool`` if given), over the output grid of the input
     geometry."""
     g = planes.geometry
+    shape = (sched.layer.cout if want_planes else 0, sched.planes, grid_words(g.n, g.hp, g.wp))
+    VS = empty(pool if want_planes else None, shape, np.uint64)
+    OB = _run(sched, planes, emit, VS, _NO_SUMS, nthreads)
+    return OB, (VS if want_planes else None)
+
+
+def _run(sched, planes, emit, VS, sums, nthreads):
+    """The kernel call behind :func:`run_layer` and :func:`layer_sums`: emitted bits or None."""
+    g = planes.geometry
     ow = grid_words(g.n, g.hp, g.wp)
     tw, tb = sched.tap_shifts(g.wp)
     cout = sched.layer.cout
-    B = sched.planes
     OB = np.empty((cout if emit is not None else 0, ow + 1), dtype=np.uint64)
-    VS = empty(pool if want_planes else None, (cout if want_planes else 0, B, ow), np.uint64)
     if emit is None:
         emode = np.zeros(cout, np.int8)
         etv = np.zeros(cout, np.uint64)
     else:
         emode, etv = emit
-    if emit is not None:
         OB[:, ow] = 0
     ntiles = -(-ow // TW)
     args = (
         planes.bits, sched._tap_c, tw, tb, sched.order, sched.depth, sched.kind, sched.ncomp,
-        sched.ptr, sched.tap_idx, sched.tap_flip, sched.nbits, B, emode, etv, ow,
+        sched.ptr, sched.tap_idx, sched.tap_flip, sched.nbits, sched.planes, emode, etv, ow,
     )  # fmt: skip
-    if ow <= SMALL_WORDS and ow:  # a few words: one at a time, scalar (one thread)
+    if sums[0].shape[0] == 0 and ow <= SMALL_WORDS and ow:  # a few words: scalar, one thread
         _words(*args, OB, VS)
     elif nthreads > 1 and ntiles > 1:
-        _tiles_par(*args, ntiles, min(ntiles, 4 * nthreads), OB, VS)
+        _tiles_par(*args, ntiles, min(ntiles, 4 * nthreads), OB, VS, *sums)
     elif ntiles:
-        _tiles(*args, 0, ntiles, OB, VS)
-    return (OB if emit is not None else None), (VS if want_planes else None)
+        _tiles(*args, 0, ntiles, OB, VS, *sums)
+    return OB if emit is not None else None
+
+
+def sums_index(
+    n: int, hp: int, wp: int, ho: int, wo: int, cout: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the tile kernel finds and puts each output k = (image, h, w) (row-major per
+    image): kq its uint16 index in the grid's transposed words (:func:`_unpack_index`), kdst
+    its index in the flat (N, Cout, Ho, Wo) sums of channel 0, and kt[t] the first output of
+    tile t (outputs lie in grid order)."""
+    kq = _unpack_index(n, hp, wp, ho, wo)
+    k = np.arange(n * ho * wo)
+    kdst = (k // (ho * wo)) * cout * ho * wo + k % (ho * wo)
+    ntiles = -(-grid_words(n, hp, wp) // TW)
+    kt = np.searchsorted(kq >> 6, np.arange(ntiles + 1) * TW).astype(np.int64)
+    return kq.astype(np.uint64), kdst.astype(np.uint64), kt
+
+
+def layer_sums(
+    sched: SlicedLayer,
+    planes: BitPlanes,
+    *,
+    emit: tuple[np.ndarray, np.ndarray] | None = None,
+    nthreads: int = 1,
+    pool: BufferPool | None = None,
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """(emitted bits or None, int32 sums (N, Cout, Ho, Wo), lent by ``pool`` if given) of one
+    layer. Up to 16 planes the tile kernel transposes each node's planes and writes its sums as
+    it goes (no v planes in memory); else, and on grids of a few words, :func:`run_layer` then
+    :func:`unpack_sums`."""
+    g = planes.geometry
+    ho, wo = output_hw(sched.layer, g)
+    ow = grid_words(g.n, g.hp, g.wp)
+    if sched.planes > 16 or ow <= SMALL_WORDS or not ho * wo:
+        OB, VS = run_layer(sched, planes, emit=emit, want_planes=True, nthreads=nthreads, pool=pool)
+        sums = unpack_sums(sched, VS, g, pool)
+        if pool is not None:
+            pool.give(VS)
+        return OB, sums
+    cout = sched.layer.cout
+    key = ("tiles", g.n, g.hp, g.wp, ho, wo)
+    index = sched._unpack_idx.get(key)
+    if index is None:
+        index = sched._unpack_idx[key] = sums_index(g.n, g.hp, g.wp, ho, wo, cout)
+    sums = empty(pool, (g.n, cout, ho, wo), np.int32)
+    nsum = (2 * sched.c - sched.layer.n).astype(np.int32)
+    VS = np.empty((0, sched.planes, ow), np.uint64)
+    OB = _run(sched, planes, emit, VS, (sums.reshape(-1), *index, ho * wo, nsum), nthreads)
+    return OB, sums
 
 
 # ------------------------------------------------------------------------------------ emitters
@@ -924,109 +1088,29 @@ def _unpack_index(n: int, hp: int, wp: int, ho: int, wo: int) -> np.ndarray:
     img, h, w = np.meshgrid(np.arange(n), np.arange(ho), np.arange(wo), indexing="ij")
     q = ((img * hp + h) * wp + w).reshape(-1)
     t = q & 63
-    return ((q >> 6) * 64 + (t & 15) * 4 + (t >> 4)).astype(np.int64)
-
-
-@njit(cache=True, inline="always")
-def _swap_bits(x, y, s, m):  # pragma: no cover - numba
-    """Delta swap: the bits of x under ``m << s`` trade places with the bits of y under m."""
-    t = ((x >> s) ^ y) & m
-    return x ^ (t << s), y ^ t
+    return ((q >> 6) * 64 + (t & 15) * 4 + (t >> 4)).astype(np.uint64)
 
 
 @njit(cache=True)
 def _unpack_sums_t(VS, c, n_taps, idx, out):  # pragma: no cover - numba
-    """:func:`_unpack_sums` for B <= 16 planes by bit-matrix transposes. The 16 plane words of
-    64 positions (planes >= B zero) form four 16 x 16 bit blocks, one per 16-bit lane; four
-    rounds of delta swaps (Hacker's Delight 7-3) transpose all four at once, so that lane L of
-    word r holds v at position 16 L + r as a uint16 (192 word ops per 64 positions instead of
-    a bit loop per plane). The valid outputs are then read through ``idx``
-    (:func:`_unpack_index`) into ``out`` (N, Cout, Ho, Wo)."""
+    """:func:`_unpack_sums` for B <= 16 planes by :func:`_transpose16`; the valid outputs are
+    then read through ``idx`` (:func:`_unpack_index`) into ``out`` (N, Cout, Ho, Wo)."""
     cout, B, ow = VS.shape
     N = out.shape[0]
     HW = out.shape[2] * out.shape[3]
     P = np.zeros((16, ow), np.uint64)
     T = np.empty((ow, 16), np.uint64)
     T16 = T.view(np.uint16).reshape(ow * 64)
-    m8 = np.uint64(0x00FF00FF00FF00FF)
-    m4 = np.uint64(0x0F0F0F0F0F0F0F0F)
-    m2 = np.uint64(0x3333333333333333)
-    m1 = np.uint64(0x5555555555555555)
-    s8, s4, s2, s1 = np.uint64(8), np.uint64(4), np.uint64(2), np.uint64(1)
     flat = out.reshape(N, cout, HW)
     for j in range(cout):
         for b in range(B):
             P[b, :] = VS[j, b, :]
-        for a in range(ow):
-            r0 = P[0, a]
-            r1 = P[1, a]
-            r2 = P[2, a]
-            r3 = P[3, a]
-            r4 = P[4, a]
-            r5 = P[5, a]
-            r6 = P[6, a]
-            r7 = P[7, a]
-            r8 = P[8, a]
-            r9 = P[9, a]
-            r10 = P[10, a]
-            r11 = P[11, a]
-            r12 = P[12, a]
-            r13 = P[13, a]
-            r14 = P[14, a]
-            r15 = P[15, a]
-            r0, r8 = _swap_bits(r0, r8, s8, m8)
-            r1, r9 = _swap_bits(r1, r9, s8, m8)
-            r2, r10 = _swap_bits(r2, r10, s8, m8)
-            r3, r11 = _swap_bits(r3, r11, s8, m8)
-            r4, r12 = _swap_bits(r4, r12, s8, m8)
-            r5, r13 = _swap_bits(r5, r13, s8, m8)
-            r6, r14 = _swap_bits(r6, r14, s8, m8)
-            r7, r15 = _swap_bits(r7, r15, s8, m8)
-            r0, r4 = _swap_bits(r0, r4, s4, m4)
-            r1, r5 = _swap_bits(r1, r5, s4, m4)
-            r2, r6 = _swap_bits(r2, r6, s4, m4)
-            r3, r7 = _swap_bits(r3, r7, s4, m4)
-            r8, r12 = _swap_bits(r8, r12, s4, m4)
-            r9, r13 = _swap_bits(r9, r13, s4, m4)
-            r10, r14 = _swap_bits(r10, r14, s4, m4)
-            r11, r15 = _swap_bits(r11, r15, s4, m4)
-            r0, r2 = _swap_bits(r0, r2, s2, m2)
-            r1, r3 = _swap_bits(r1, r3, s2, m2)
-            r4, r6 = _swap_bits(r4, r6, s2, m2)
-            r5, r7 = _swap_bits(r5, r7, s2, m2)
-            r8, r10 = _swap_bits(r8, r10, s2, m2)
-            r9, r11 = _swap_bits(r9, r11, s2, m2)
-            r12, r14 = _swap_bits(r12, r14, s2, m2)
-            r13, r15 = _swap_bits(r13, r15, s2, m2)
-            r0, r1 = _swap_bits(r0, r1, s1, m1)
-            r2, r3 = _swap_bits(r2, r3, s1, m1)
-            r4, r5 = _swap_bits(r4, r5, s1, m1)
-            r6, r7 = _swap_bits(r6, r7, s1, m1)
-            r8, r9 = _swap_bits(r8, r9, s1, m1)
-            r10, r11 = _swap_bits(r10, r11, s1, m1)
-            r12, r13 = _swap_bits(r12, r13, s1, m1)
-            r14, r15 = _swap_bits(r14, r15, s1, m1)
-            T[a, 0] = r0
-            T[a, 1] = r1
-            T[a, 2] = r2
-            T[a, 3] = r3
-            T[a, 4] = r4
-            T[a, 5] = r5
-            T[a, 6] = r6
-            T[a, 7] = r7
-            T[a, 8] = r8
-            T[a, 9] = r9
-            T[a, 10] = r10
-            T[a, 11] = r11
-            T[a, 12] = r12
-            T[a, 13] = r13
-            T[a, 14] = r14
-            T[a, 15] = r15
+        _transpose16(P, ow, T)
         cj = np.int32(2 * c[j] - n_taps)
         for n in range(N):
             dst = flat[n, j]
-            base = n * HW
-            for k in range(HW):
+            base = np.uint64(n * HW)
+            for k in range(np.uint64(HW)):
                 dst[k] = 2 * np.int32(T16[idx[base + k]]) + cj
 
 
