@@ -3,9 +3,10 @@ kernel, alternating the variants in one process (min / median thread CPU time, m
 
 - for each binary conv that reads bit planes in the fused plan: XNOR-popcount on the planes
   transposed to words (``MSTBackend._conv``, what the autotune compares against), the bit-sliced
-  kernel alone (``run_layer`` with v planes), and its v planes unpacked to integer sums by the
+  kernel alone (``run_layer`` with v planes), its v planes unpacked to integer sums by the
   plane-by-plane loop (``sliced._unpack_sums``, the reference) and by bit-matrix transposes
-  (``unpack_sums``);
+  (``unpack_sums``), and the sums by the tile kernel's integer tree walk (``layer_sums``, what
+  mst runs);
 - for a float stem read only through a folded BatchNorm: its packed words then ``words_to_planes``
   (before the sixth session) against ``FloatConv.bit_planes`` (the planes made directly).
 
@@ -26,6 +27,7 @@ from mstc.engine import Runtime
 from mstc.engine.floatconv import rule_compare, torch_order
 from mstc.engine.sliced import (
     BitPlanes,
+    layer_sums,
     output_hw,
     plane_geometry,
     run_layer,
@@ -59,6 +61,7 @@ def _layer_variants(be, pool, layer, inp) -> dict:
     sliced._unpack_sums(VS, st.c, layer.n, g.n, g.hp, g.wp, ho, wo, ref)
     assert np.array_equal(unpack_sums(st, VS, g), ref)
     assert np.array_equal(be._conv(layer, inp), ref)
+    assert np.array_equal(layer_sums(st, inp), ref)
     return {
         "xnor on transposed planes": lambda: pool.give(be._conv(layer, inp)),
         "bit-sliced kernel (v planes)": lambda: pool.give(
@@ -68,6 +71,7 @@ def _layer_variants(be, pool, layer, inp) -> dict:
             VS, st.c, layer.n, g.n, g.hp, g.wp, ho, wo, ref
         ),
         "unpack, bit-matrix transposes": lambda: pool.give(unpack_sums(st, VS, g, pool)),
+        "sums by the integer tree walk": lambda: pool.give(layer_sums(st, inp, pool=pool)),
     }
 
 

@@ -100,9 +100,7 @@ def test_sums_equal_packed(seed, cin, cout, k, dil, pad, n, h, w, tree, centres,
     t = rng.integers(-1, layer.n + 2, cout)
     OB, VS = run_layer(sched, planes, emit=sched.emit_rule(mode, t), want_planes=True)
     np.testing.assert_array_equal(unpack_sums(sched, VS, g), want)
-    bits_too, sums = layer_sums(sched, planes, emit=sched.emit_rule(mode, t))
-    np.testing.assert_array_equal(sums, want)
-    np.testing.assert_array_equal(bits_too[:, :-1], OB[:, :-1])
+    np.testing.assert_array_equal(layer_sums(sched, planes), want)
     bits = np.moveaxis(apply_rule((mode, t), np.moveaxis((want + layer.n) // 2, 1, -1)), -1, 1)
     ho, wo = want.shape[2:]
     nxt_layer = _layer(rng, cout, 2, (3, 3), (1, 1), (1, 1), 1, 0.0, 0.0)
@@ -383,18 +381,15 @@ def test_unpack_sums_transposed_equals_plane_by_plane(planes, n, h, w, pad, seed
 
 @pytest.mark.parametrize("nthreads", [1, 2])
 def test_layer_sums_over_several_tiles(nthreads):
-    """The tile kernel's own sums (planes transposed per node, outputs of each tile written as
-    it goes) over a grid of several tiles, serial and parallel, bits emitted too."""
+    """The integer tree walk of the tile kernel (counts transposed to bytes, one and two bytes
+    wide, complement edges) over a grid of several tiles, serial and parallel."""
     rng = np.random.default_rng(11)
-    layer = _layer(rng, 24, 40, (3, 3), (1, 1), (1, 1), 3, 0.03, 0.3)
-    x = rng.standard_normal((7, 24, 20, 61)).astype(np.float32)
-    sched = SlicedLayer(layer)
-    g = plane_geometry(layer, 7, 20, 61)
-    assert grid_words(7, g.hp, g.wp) > 2 * sliced.TW
-    planes = pack_planes(x, g)
-    mode = rng.choice(np.array([GE, LE, CONST0, CONST1], np.int8), layer.cout)
-    emit = sched.emit_rule(mode, rng.integers(-1, layer.n + 2, layer.cout))
-    bits, sums = layer_sums(sched, planes, emit=emit, nthreads=nthreads)
-    np.testing.assert_array_equal(sums, _packed_sums(layer, x))
-    want_bits, _ = run_layer(sched, planes, emit=emit, want_planes=False)
-    np.testing.assert_array_equal(bits[:, :-1], want_bits[:, :-1])
+    for flip, cin in ((0.03, 24), (0.6, 40)):  # short and long (> 255 taps) difference lists
+        layer = _layer(rng, cin, 40, (3, 3), (1, 1), (1, 1), 3, flip, 0.3)
+        x = rng.standard_normal((7, cin, 20, 61)).astype(np.float32)
+        sched = SlicedLayer(layer)
+        assert (sched.nbits > 8).any() == (flip > 0.5)
+        g = plane_geometry(layer, 7, 20, 61)
+        assert grid_words(7, g.hp, g.wp) > 2 * sliced.TW
+        sums = layer_sums(sched, pack_planes(x, g), nthreads=nthreads)
+        np.testing.assert_array_equal(sums, _packed_sums(layer, x))

@@ -58,6 +58,7 @@ from mstc.engine.sliced import (
     rule_planes,
     run_layer,
     sliceable,
+    unpack_sums,
     words_to_planes,
 )
 from mstc.format import BinaryLayerCode
@@ -604,12 +605,9 @@ class MSTBackend(Backend):
         if emit is None:
             emit = self._emit_cache[layer.name] = st.emit_rule(*rule)
         nthreads = _set_threads(self.threads)
-        if want_sums:
-            OB, sums = layer_sums(st, planes, emit=emit, nthreads=nthreads)
-        else:
-            OB, _ = run_layer(st, planes, emit=emit, want_planes=False, nthreads=nthreads)
-            sums = None
+        OB, VS = run_layer(st, planes, emit=emit, want_planes=want_sums, nthreads=nthreads)
         g = planes.geometry
+        sums = unpack_sums(st, VS, g) if want_sums else None
         ho, wo = output_hw(layer, g)
         h2, w2 = (ho // 2, wo // 2) if pool else (ho, wo)
         nxt = plane_geometry(consumer, g.n, h2, w2)
@@ -628,7 +626,7 @@ class MSTBackend(Backend):
 
     def _planes_sums(self, layer: BinaryLayerCode, x: BitPlanes) -> np.ndarray:
         nthreads = _set_threads(self.threads)
-        return layer_sums(self._sliced(layer), x, nthreads=nthreads, pool=self.pool)[1]
+        return layer_sums(self._sliced(layer), x, nthreads=nthreads, pool=self.pool)
 
     def conv2d(self, layer: BinaryLayerCode, x) -> np.ndarray:
         if isinstance(x, BitPlanes):

@@ -630,24 +630,197 @@ def _compare_plane(G, p, up, tu):  # pragma: no cover - numba
             G[i] |= p[i]
 
 
+@njit(cache=True, inline="always")
+def _tap_runs(X, tap_c, tap_w, tap_b, t0, tu, XT):  # pragma: no cover - numba
+    """XT[k, :tu] = the input plane of tap k shifted by its offset, words t0.. of the tile."""
+    for k in range(tap_c.shape[0]):
+        row = X[tap_c[k]]
+        wa = np.uint64(t0 + tap_w[k])
+        bs = tap_b[k]
+        if bs == 0:
+            for i in range(tu):
+                XT[k, i] = row[wa + i]
+        else:
+            sb = np.uint64(bs)
+            cb = np.uint64(64 - bs)
+            for i in range(tu):
+                XT[k, i] = (row[wa + i] >> sb) | (row[wa + i + np.uint64(1)] << cb)
+
+
+@njit(cache=True, inline="always")
+def _count_taps(M, C4, XT, tidx, tflip, q, q1, L, tu):  # pragma: no cover - numba
+    """M[:L, :tu] = the bit-sliced count of matches over taps q..q1-1 of the schedule
+    (match word XT[tidx] ^ tflip), by Harley-Seal blocks of 16, then 4, then single taps."""
+    for l in range(L):
+        for i in range(tu):
+            M[l, i] = 0
+    while q + 16 <= q1:  # Harley-Seal block: ones/twos/fours/eights, ripple the 16s
+        ka, fa = _taps4(tidx, tflip, q)
+        kb, fb = _taps4(tidx, tflip, q + 4)
+        kc, fc = _taps4(tidx, tflip, q + 8)
+        kd, fd = _taps4(tidx, tflip, q + 12)
+        for i in range(tu):
+            fA, o1, o2 = _add4(M[0, i], M[1, i], XT, i, ka, fa)
+            fB, o1, o2 = _add4(o1, o2, XT, i, kb, fb)
+            eA, o4 = _csa(M[2, i], fA, fB)
+            fA, o1, o2 = _add4(o1, o2, XT, i, kc, fc)
+            fB, o1, o2 = _add4(o1, o2, XT, i, kd, fd)
+            eB, o4 = _csa(o4, fA, fB)
+            C4[i], M[3, i] = _csa(M[3, i], eA, eB)
+            M[0, i] = o1
+            M[1, i] = o2
+            M[2, i] = o4
+        _ripple(M, C4, 4, L, tu)
+        q += 16
+    while q + 4 <= q1:  # blocks of 4: two CSAs into ones/twos, ripple the fours
+        ka, fa = _taps4(tidx, tflip, q)
+        for i in range(tu):
+            C4[i], M[0, i], M[1, i] = _add4(M[0, i], M[1, i], XT, i, ka, fa)
+        _ripple(M, C4, 2, L, tu)
+        q += 4
+    while q < q1:  # single taps: ripple from the ones
+        k0 = tidx[q]
+        f0 = tflip[q]
+        for i in range(tu):
+            C4[i] = XT[k0, i] ^ f0
+        _ripple(M, C4, 0, L, tu)
+        q += 1
+
+
+@njit(cache=True, inline="always")
+def _transpose8(M, b0, L, n, TR):  # pragma: no cover - numba
+    """Bit-matrix transposes of words 0..n-1 of the counter planes M[b0 .. b0 + 7] (planes >= L
+    read as 0) into ``TR`` (n, 8): eight 8 x 8 bit blocks, one per byte lane, three rounds of
+    delta swaps, so that byte L' of ``TR[i, r]`` holds bits b0..b0+7 of the count at position
+    64 i + 8 L' + r (72 word ops per 64 positions)."""
+    m4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+    m2 = np.uint64(0x3333333333333333)
+    m1 = np.uint64(0x5555555555555555)
+    s4, s2, s1 = np.uint64(4), np.uint64(2), np.uint64(1)
+    z = np.uint64(0)
+    for i in range(n):
+        r0 = M[b0 + 0, i] if b0 + 0 < L else z
+        r1 = M[b0 + 1, i] if b0 + 1 < L else z
+        r2 = M[b0 + 2, i] if b0 + 2 < L else z
+        r3 = M[b0 + 3, i] if b0 + 3 < L else z
+        r4 = M[b0 + 4, i] if b0 + 4 < L else z
+        r5 = M[b0 + 5, i] if b0 + 5 < L else z
+        r6 = M[b0 + 6, i] if b0 + 6 < L else z
+        r7 = M[b0 + 7, i] if b0 + 7 < L else z
+        r0, r4 = _swap_bits(r0, r4, s4, m4)
+        r1, r5 = _swap_bits(r1, r5, s4, m4)
+        r2, r6 = _swap_bits(r2, r6, s4, m4)
+        r3, r7 = _swap_bits(r3, r7, s4, m4)
+        r0, r2 = _swap_bits(r0, r2, s2, m2)
+        r1, r3 = _swap_bits(r1, r3, s2, m2)
+        r4, r6 = _swap_bits(r4, r6, s2, m2)
+        r5, r7 = _swap_bits(r5, r7, s2, m2)
+        r0, r1 = _swap_bits(r0, r1, s1, m1)
+        r2, r3 = _swap_bits(r2, r3, s1, m1)
+        r4, r5 = _swap_bits(r4, r5, s1, m1)
+        r6, r7 = _swap_bits(r6, r7, s1, m1)
+        TR[i, 0] = r0
+        TR[i, 1] = r1
+        TR[i, 2] = r2
+        TR[i, 3] = r3
+        TR[i, 4] = r4
+        TR[i, 5] = r5
+        TR[i, 6] = r6
+        TR[i, 7] = r7
+
+
+@njit(cache=True, inline="always")
+def _tree_step(y, yp, lo, hi, npos, sign, f, c, wide):  # pragma: no cover - numba
+    """y[p] = sign * yp[p] + f * m_p + c over the first npos positions, m_p = lo[p] (+ 256
+    hi[p] if ``wide``): int16 rows, exact while |y| <= n < 2^15 (the arithmetic wraps mod
+    2^16 in between)."""
+    s16 = np.int16(sign)
+    f16 = np.int16(f)
+    c16 = np.int16(c)
+    if wide:
+        for p in range(npos):
+            y[p] = s16 * yp[p] + f16 * (np.int16(lo[p]) + np.int16(256) * np.int16(hi[p])) + c16
+    else:
+        for p in range(npos):
+            y[p] = s16 * yp[p] + f16 * np.int16(lo[p]) + c16
+
+
+@njit(cache=True)
+def _sum_tiles(
+    X, tap_c, tap_w, tap_b, order, depth, kind, ptr, tidx, tflip, nbits, n_taps,
+    ow, t_begin, t_end, SO, kq, kdst, kt, HW,
+):  # fmt: skip  # pragma: no cover - numba
+    """Integer sums of tiles [t_begin, t_end) of TW words, the tree walked in integers: a
+    node's count m over its taps (bit-sliced, :func:`_count_taps`) is transposed to bytes
+    (:func:`_transpose8`, twice for counts over 255), then per position y = 2m - n for a root,
+    y_parent + 4m - 2d for a child over d differing taps, -y_parent + 4m - 2d for a complement
+    child, in int32 rows per tree level; the tile's outputs k in [kt[t], kt[t + 1]) are then
+    copied to SO[kdst[k] + j * HW] from position kq[k] - 64 t0 of the level's row (positions in
+    the transposed order 64 i + 8 r + L' of :func:`sums_index`). No v planes at all: the
+    chain's last layer, whose sums the float ops after it read."""
+    cout = order.shape[0]
+    nlev, lmax = _levels(depth, nbits)
+    XT = np.empty((tap_c.shape[0], TW), np.uint64)
+    M = np.zeros((max(lmax, 8) + 9, TW), np.uint64)
+    C4 = np.empty(TW, np.uint64)
+    TR = np.empty((TW, 8), np.uint64)
+    TRH = np.zeros((TW, 8), np.uint64)
+    lo = TR.view(np.uint8).reshape(TW * 64)
+    hi = TRH.view(np.uint8).reshape(TW * 64)
+    Y = np.empty((nlev, TW * 64), np.int16)
+    for t in range(t_begin, t_end):
+        t0 = t * TW
+        tw = min(TW, ow - t0)
+        tu = np.uint64(tw)
+        npos = tu * np.uint64(64)
+        _tap_runs(X, tap_c, tap_w, tap_b, t0, tu, XT)
+        base = np.uint64(t0) * np.uint64(64)
+        for e in range(cout):
+            j = order[e]
+            dj = depth[e]
+            L = nbits[e]
+            q0 = ptr[e]
+            q1 = ptr[e + 1]
+            _count_taps(M, C4, XT, tidx, tflip, q0, q1, L, tu)
+            _transpose8(M, 0, L, tu, TR)
+            if L > 8:
+                _transpose8(M, 8, L, tu, TRH)
+            y = Y[dj]
+            kd = kind[e]
+            if kd == 0:  # y = 2m - n
+                _tree_step(y, y, lo, hi, npos, 0, 2, -n_taps, L > 8)
+            else:  # y = +-y_parent + 4m - 2d
+                sign = -1 if kd == 2 else 1
+                _tree_step(y, Y[dj - 1], lo, hi, npos, sign, 4, -2 * (q1 - q0), L > 8)
+            joff = np.uint64(j * HW)
+            for k in range(np.uint64(kt[t]), np.uint64(kt[t + 1])):
+                SO[kdst[k] + joff] = np.int32(y[kq[k] - base])
+
+
+@njit(parallel=True, cache=True)
+def _sum_tiles_par(
+    X, tap_c, tap_w, tap_b, order, depth, kind, ptr, tidx, tflip, nbits, n_taps,
+    ow, ntiles, nchunks, SO, kq, kdst, kt, HW,
+):  # fmt: skip  # pragma: no cover - numba
+    for ch in prange(nchunks):
+        _sum_tiles(
+            X, tap_c, tap_w, tap_b, order, depth, kind, ptr, tidx, tflip, nbits, n_taps,
+            ow, ch * ntiles // nchunks, (ch + 1) * ntiles // nchunks, SO, kq, kdst, kt, HW,
+        )  # fmt: skip
+
+
 @njit(cache=True)
 def _tiles(
     X, tap_c, tap_w, tap_b, order, depth, kind, ncomp, ptr, tidx, tflip, nbits, B,
-    emode, etv, ow, t_begin, t_end, OB, VS, SO, kq, kdst, kt, HW, nsum,
+    emode, etv, ow, t_begin, t_end, OB, VS,
 ):  # fmt: skip  # pragma: no cover - numba
     """Tiles [t_begin, t_end) of TW words (of ``ow`` words in all): OB[j, word] = emitted bits (if OB.shape[0]),
-    VS[j, b, word] = planes of v_j (if VS.shape[0]), and (if SO.shape[0], B <= 16) the
-    integer sums: per node, the tile's planes transposed (:func:`_transpose16`) and the outputs
-    k in [kt[t], kt[t + 1]) written as SO[kdst[k] + j * HW] = 2 v + nsum[j] from uint16 kq[k] -
-    64 * t0 of the transposed tile (:func:`sums_index`)."""
+    VS[j, b, word] = planes of v_j (if VS.shape[0])."""
     K = tap_c.shape[0]
     cout = order.shape[0]
     nlev, lmax = _levels(depth, nbits)
     XT = np.empty((K, TW), np.uint64)
-    want_sums = SO.shape[0] > 0
-    V = np.zeros((nlev, 16 if want_sums else B, TW), np.uint64)  # planes >= B stay 0
-    TR = np.empty((TW, 16), np.uint64)  # a node's planes transposed (sums)
-    TR16 = TR.view(np.uint16).reshape(TW * 64)
+    V = np.zeros((nlev, B, TW), np.uint64)
     M = np.zeros((lmax + 1, TW), np.uint64)
     C4 = np.empty(TW, np.uint64)
     G = np.empty(TW, np.uint64)
@@ -660,25 +833,14 @@ def _tiles(
         tw = min(TW, ow - t0)
         tu = np.uint64(tw)  # unsigned loop index: no wrap-around checks in the word loops
         t0u = np.uint64(t0)
-        for k in range(K):  # shifted tap runs of this tile
-            row = X[tap_c[k]]
-            wa = np.uint64(t0 + tap_w[k])
-            bs = tap_b[k]
-            if bs == 0:
-                for i in range(tu):
-                    XT[k, i] = row[wa + i]
-            else:
-                sb = np.uint64(bs)
-                cb = np.uint64(64 - bs)
-                for i in range(tu):
-                    XT[k, i] = (row[wa + i] >> sb) | (row[wa + i + np.uint64(1)] << cb)
+        _tap_runs(X, tap_c, tap_w, tap_b, t0, tu, XT)
         for e in range(cout):
             j = order[e]
             dj = depth[e]
             md = emode[e] if want_bits else 0
             cmp = md >= 2  # v >= T, built bottom-up with the planes (see below)
             # a leaf's planes are read by no later node: computed for the compare only
-            store = want_planes or want_sums or (e + 1 < cout and depth[e + 1] > dj)
+            store = want_planes or (e + 1 < cout and depth[e + 1] > dj)
             if not (store or cmp):  # a constant leaf: nothing to count
                 if want_bits:
                     c = ones if md == 1 else np.uint64(0)
@@ -686,42 +848,7 @@ def _tiles(
                         OB[j, t0u + i] = c
                 continue
             L = nbits[e]
-            for l in range(L):
-                for i in range(tu):
-                    M[l, i] = 0
-            q = ptr[e]
-            q1 = ptr[e + 1]
-            while q + 16 <= q1:  # Harley-Seal block: ones/twos/fours/eights, ripple the 16s
-                ka, fa = _taps4(tidx, tflip, q)
-                kb, fb = _taps4(tidx, tflip, q + 4)
-                kc, fc = _taps4(tidx, tflip, q + 8)
-                kd, fd = _taps4(tidx, tflip, q + 12)
-                for i in range(tu):
-                    fA, o1, o2 = _add4(M[0, i], M[1, i], XT, i, ka, fa)
-                    fB, o1, o2 = _add4(o1, o2, XT, i, kb, fb)
-                    eA, o4 = _csa(M[2, i], fA, fB)
-                    fA, o1, o2 = _add4(o1, o2, XT, i, kc, fc)
-                    fB, o1, o2 = _add4(o1, o2, XT, i, kd, fd)
-                    eB, o4 = _csa(o4, fA, fB)
-                    C4[i], M[3, i] = _csa(M[3, i], eA, eB)
-                    M[0, i] = o1
-                    M[1, i] = o2
-                    M[2, i] = o4
-                _ripple(M, C4, 4, L, tu)
-                q += 16
-            while q + 4 <= q1:  # blocks of 4: two CSAs into ones/twos, ripple the fours
-                ka, fa = _taps4(tidx, tflip, q)
-                for i in range(tu):
-                    C4[i], M[0, i], M[1, i] = _add4(M[0, i], M[1, i], XT, i, ka, fa)
-                _ripple(M, C4, 2, L, tu)
-                q += 4
-            while q < q1:  # single taps: ripple from the ones
-                k0 = tidx[q]
-                f0 = tflip[q]
-                for i in range(tu):
-                    C4[i] = XT[k0, i] ^ f0
-                _ripple(M, C4, 0, L, tu)
-                q += 1
+            _count_taps(M, C4, XT, tidx, tflip, ptr[e], ptr[e + 1], L, tu)
             P = V[dj]
             kd = kind[e]
             T = etv[e]
@@ -771,13 +898,6 @@ def _tiles(
                 for b in range(B):
                     for i in range(tu):
                         VS[j, b, t0u + i] = P[b, i]
-            if want_sums:
-                _transpose16(P, tu, TR)
-                base = t0u * np.uint64(64)
-                nj = nsum[j]
-                joff = np.uint64(j * HW)
-                for k in range(np.uint64(kt[t]), np.uint64(kt[t + 1])):
-                    SO[kdst[k] + joff] = 2 * np.int32(TR16[kq[k] - base]) + nj
             if want_bits:
                 if md == 0:
                     for i in range(tu):
@@ -937,24 +1057,13 @@ def _words(
 @njit(parallel=True, cache=True)
 def _tiles_par(
     X, tap_c, tap_w, tap_b, order, depth, kind, ncomp, ptr, tidx, tflip, nbits, B,
-    emode, etv, ow, ntiles, nchunks, OB, VS, SO, kq, kdst, kt, HW, nsum,
+    emode, etv, ow, ntiles, nchunks, OB, VS,
 ):  # fmt: skip  # pragma: no cover - numba
     for ch in prange(nchunks):
         _tiles(
             X, tap_c, tap_w, tap_b, order, depth, kind, ncomp, ptr, tidx, tflip, nbits, B,
             emode, etv, ow, ch * ntiles // nchunks, (ch + 1) * ntiles // nchunks, OB, VS,
-            SO, kq, kdst, kt, HW, nsum,
         )  # fmt: skip
-
-
-_NO_SUMS = (
-    np.zeros(0, np.int32),
-    np.zeros(0, np.uint64),
-    np.zeros(0, np.uint64),
-    np.zeros(1, np.int64),
-    0,
-    np.zeros(0, np.int32),
-)
 
 
 def run_layer(
@@ -970,18 +1079,11 @@ def run_layer(
     [Cout, B, words] or None, lent by ``pool`` if given), over the output grid of the input
     geometry."""
     g = planes.geometry
-    shape = (sched.layer.cout if want_planes else 0, sched.planes, grid_words(g.n, g.hp, g.wp))
-    VS = empty(pool if want_planes else None, shape, np.uint64)
-    OB = _run(sched, planes, emit, VS, _NO_SUMS, nthreads)
-    return OB, (VS if want_planes else None)
-
-
-def _run(sched, planes, emit, VS, sums, nthreads):
-    """The kernel call behind :func:`run_layer` and :func:`layer_sums`: emitted bits or None."""
-    g = planes.geometry
     ow = grid_words(g.n, g.hp, g.wp)
-    tw, tb = sched.tap_shifts(g.wp)
     cout = sched.layer.cout
+    VS = empty(
+        pool if want_planes else None, (cout if want_planes else 0, sched.planes, ow), np.uint64
+    )
     OB = np.empty((cout if emit is not None else 0, ow + 1), dtype=np.uint64)
     if emit is None:
         emode = np.zeros(cout, np.int8)
@@ -990,31 +1092,38 @@ def _run(sched, planes, emit, VS, sums, nthreads):
         emode, etv = emit
         OB[:, ow] = 0
     ntiles = -(-ow // TW)
-    args = (
-        planes.bits, sched._tap_c, tw, tb, sched.order, sched.depth, sched.kind, sched.ncomp,
-        sched.ptr, sched.tap_idx, sched.tap_flip, sched.nbits, sched.planes, emode, etv, ow,
-    )  # fmt: skip
-    if sums[0].shape[0] == 0 and ow <= SMALL_WORDS and ow:  # a few words: scalar, one thread
+    args = (*_schedule_args(sched, planes), sched.ncomp, sched.ptr, sched.tap_idx, sched.tap_flip)
+    args = (*args, sched.nbits, sched.planes, emode, etv, ow)
+    if ow <= SMALL_WORDS and ow:  # a few words: one at a time, scalar (one thread)
         _words(*args, OB, VS)
     elif nthreads > 1 and ntiles > 1:
-        _tiles_par(*args, ntiles, min(ntiles, 4 * nthreads), OB, VS, *sums)
+        _tiles_par(*args, ntiles, min(ntiles, 4 * nthreads), OB, VS)
     elif ntiles:
-        _tiles(*args, 0, ntiles, OB, VS, *sums)
-    return OB if emit is not None else None
+        _tiles(*args, 0, ntiles, OB, VS)
+    return (OB if emit is not None else None), (VS if want_planes else None)
+
+
+def _schedule_args(sched: SlicedLayer, planes: BitPlanes) -> tuple:
+    tw, tb = sched.tap_shifts(planes.geometry.wp)
+    return (planes.bits, sched._tap_c, tw, tb, sched.order, sched.depth, sched.kind)
 
 
 def sums_index(
     n: int, hp: int, wp: int, ho: int, wo: int, cout: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Where the tile kernel finds and puts each output k = (image, h, w) (row-major per
-    image): kq its uint16 index in the grid's transposed words (:func:`_unpack_index`), kdst
-    its index in the flat (N, Cout, Ho, Wo) sums of channel 0, and kt[t] the first output of
-    tile t (outputs lie in grid order)."""
-    kq = _unpack_index(n, hp, wp, ho, wo)
+    """Where :func:`_sum_tiles` finds and puts each output k = (image, h, w) (row-major per
+    image): kq its index among the tiles' positions in transposed order (grid position q, t = q
+    % 64, at ``64 * (q // 64) + 8 * (t % 8) + t // 8``), kdst its index in the flat (N, Cout,
+    Ho, Wo) sums of channel 0, and kt[t] the first output of tile t (outputs lie in grid
+    order)."""
+    img, h, w = np.meshgrid(np.arange(n), np.arange(ho), np.arange(wo), indexing="ij")
+    q = ((img * hp + h) * wp + w).reshape(-1)
+    t = q & 63
+    kq = (q >> 6) * 64 + (t & 7) * 8 + (t >> 3)
     k = np.arange(n * ho * wo)
     kdst = (k // (ho * wo)) * cout * ho * wo + k % (ho * wo)
     ntiles = -(-grid_words(n, hp, wp) // TW)
-    kt = np.searchsorted(kq >> 6, np.arange(ntiles + 1) * TW).astype(np.int64)
+    kt = np.searchsorted(q >> 6, np.arange(ntiles + 1) * TW).astype(np.int64)
     return kq.astype(np.uint64), kdst.astype(np.uint64), kt
 
 
@@ -1022,33 +1131,37 @@ def layer_sums(
     sched: SlicedLayer,
     planes: BitPlanes,
     *,
-    emit: tuple[np.ndarray, np.ndarray] | None = None,
     nthreads: int = 1,
     pool: BufferPool | None = None,
-) -> tuple[np.ndarray | None, np.ndarray]:
-    """(emitted bits or None, int32 sums (N, Cout, Ho, Wo), lent by ``pool`` if given) of one
-    layer. Up to 16 planes the tile kernel transposes each node's planes and writes its sums as
-    it goes (no v planes in memory); else, and on grids of a few words, :func:`run_layer` then
+) -> np.ndarray:
+    """int32 sums (N, Cout, Ho, Wo) of one layer (lent by ``pool`` if given), the tree walked
+    in integers per tile (:func:`_sum_tiles`): no v planes, no unpacking. Grids of a few words,
+    and layers of 2^15 taps or more (the walk's rows are int16), take :func:`run_layer` then
     :func:`unpack_sums`."""
     g = planes.geometry
     ho, wo = output_hw(sched.layer, g)
     ow = grid_words(g.n, g.hp, g.wp)
-    if sched.planes > 16 or ow <= SMALL_WORDS or not ho * wo:
-        OB, VS = run_layer(sched, planes, emit=emit, want_planes=True, nthreads=nthreads, pool=pool)
+    if ow <= SMALL_WORDS or not ho * wo or sched.layer.n >= 1 << 15:
+        _, VS = run_layer(sched, planes, emit=None, want_planes=True, nthreads=nthreads, pool=pool)
         sums = unpack_sums(sched, VS, g, pool)
         if pool is not None:
             pool.give(VS)
-        return OB, sums
+        return sums
     cout = sched.layer.cout
     key = ("tiles", g.n, g.hp, g.wp, ho, wo)
     index = sched._unpack_idx.get(key)
     if index is None:
         index = sched._unpack_idx[key] = sums_index(g.n, g.hp, g.wp, ho, wo, cout)
     sums = empty(pool, (g.n, cout, ho, wo), np.int32)
-    nsum = (2 * sched.c - sched.layer.n).astype(np.int32)
-    VS = np.empty((0, sched.planes, ow), np.uint64)
-    OB = _run(sched, planes, emit, VS, (sums.reshape(-1), *index, ho * wo, nsum), nthreads)
-    return OB, sums
+    args = (*_schedule_args(sched, planes), sched.ptr, sched.tap_idx, sched.tap_flip)
+    args = (*args, sched.nbits, sched.layer.n, ow)
+    out = (sums.reshape(-1), *index, ho * wo)
+    ntiles = -(-ow // TW)
+    if nthreads > 1 and ntiles > 1:
+        _sum_tiles_par(*args, ntiles, min(ntiles, 4 * nthreads), *out)
+    else:
+        _sum_tiles(*args, 0, ntiles, *out)
+    return sums
 
 
 # ------------------------------------------------------------------------------------ emitters
