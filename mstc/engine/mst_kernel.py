@@ -566,14 +566,29 @@ class MSTBackend(Backend):
         return pack_planes(x, g)
 
     def _choose(self, key, run_sliced, run_int) -> str:
-        """The plane kernel for ``key``: fixed, or timed once (both are exact)."""
+        """The plane kernel for ``key``: fixed, or timed once (both are exact). Each timed call
+        gives its arrays back to the pool, as a pass does: without, every call allocated fresh
+        (page-faulting) memory, unlike the pass the choice is for."""
         kernel = self.kernels.get(key)
         if kernel is None:
             kernel = self.plane_kernel or fastest(
-                {"sliced": run_sliced, "int": run_int}, _set_threads(self.threads)
+                {"sliced": self._recycled(run_sliced), "int": self._recycled(run_int)},
+                _set_threads(self.threads),
             )
             self.kernels[key] = kernel
         return kernel
+
+    def _recycled(self, run):
+        """``run``, giving the arrays it returns (alone or in a tuple) back to the pool."""
+
+        def timed():
+            out = run()
+            if self.pool is not None:
+                for a in out if isinstance(out, tuple) else (out,):
+                    if isinstance(a, np.ndarray):
+                        self.pool.give(a)
+
+        return timed
 
     def conv2d_fused(
         self,
