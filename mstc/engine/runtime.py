@@ -705,12 +705,10 @@ class Runtime:
                 p == padding and np.array_equal(r[0], rule[0]) and np.array_equal(r[1], rule[1])
                 for r, p, _, _ in rest
             )
-            # fused readers take bit planes; made directly if they all read the same grid
-            planes_for = layer if all(u[3] for u in uses) else None
-            if planes_for is not None and any(
-                (u[2].kernel_size, u[2].dilation) != (layer.kernel_size, layer.dilation)
-                for u in rest
-            ):
+            # fused readers take bit planes, made directly if they all read the same grid
+            grid = (layer.kernel_size, layer.dilation)
+            planes_for = layer
+            if not all(fused and (u.kernel_size, u.dilation) == grid for _, _, u, fused in uses):
                 planes_for = None
             if same and group.count(group[out]) == 1:
                 src = reads[k][0]

@@ -449,7 +449,8 @@ class SlicedLayer:
         self._tap_kx = (k % kw).astype(np.int64)
         self._dhw = (dh, dw)
         self._shifts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._unpack_idx: dict[tuple[int, ...], np.ndarray] = {}
+        #: output index maps of layer_sums / unpack_sums, per grid (key: kind and geometry)
+        self._indices: dict[tuple, object] = {}
 
     def tap_shifts(self, wp: int) -> tuple[np.ndarray, np.ndarray]:
         """(word, bit) shift of every tap on a grid of row width ``wp`` (cached per width)."""
@@ -754,14 +755,14 @@ def _sum_tiles(
     node's count m over its taps (bit-sliced, :func:`_count_taps`) is transposed to bytes
     (:func:`_transpose8`, twice for counts over 255), then per position y = 2m - n for a root,
     y_parent + 4m - 2d for a child over d differing taps, -y_parent + 4m - 2d for a complement
-    child, in int32 rows per tree level; the tile's outputs k in [kt[t], kt[t + 1]) are then
+    child, in int16 rows per tree level; the tile's outputs k in [kt[t], kt[t + 1]) are then
     copied to SO[kdst[k] + j * HW] from position kq[k] - 64 t0 of the level's row (positions in
     the transposed order 64 i + 8 r + L' of :func:`sums_index`). No v planes at all: the
     chain's last layer, whose sums the float ops after it read."""
     cout = order.shape[0]
     nlev, lmax = _levels(depth, nbits)
     XT = np.empty((tap_c.shape[0], TW), np.uint64)
-    M = np.zeros((max(lmax, 8) + 9, TW), np.uint64)
+    M = np.zeros((lmax + 1, TW), np.uint64)
     C4 = np.empty(TW, np.uint64)
     TR = np.empty((TW, 8), np.uint64)
     TRH = np.zeros((TW, 8), np.uint64)
@@ -1104,8 +1105,15 @@ def run_layer(
 
 
 def _schedule_args(sched: SlicedLayer, planes: BitPlanes) -> tuple:
+    """The leading arguments of every tile kernel: the input planes and the schedule's taps."""
     tw, tb = sched.tap_shifts(planes.geometry.wp)
     return (planes.bits, sched._tap_c, tw, tb, sched.order, sched.depth, sched.kind)
+
+
+def _output_positions(n: int, hp: int, wp: int, ho: int, wo: int) -> np.ndarray:
+    """Grid position q = (image * hp + h) * wp + w of each output (image, h, w), row-major."""
+    img, h, w = np.meshgrid(np.arange(n), np.arange(ho), np.arange(wo), indexing="ij")
+    return ((img * hp + h) * wp + w).reshape(-1)
 
 
 def sums_index(
@@ -1116,8 +1124,7 @@ def sums_index(
     % 64, at ``64 * (q // 64) + 8 * (t % 8) + t // 8``), kdst its index in the flat (N, Cout,
     Ho, Wo) sums of channel 0, and kt[t] the first output of tile t (outputs lie in grid
     order)."""
-    img, h, w = np.meshgrid(np.arange(n), np.arange(ho), np.arange(wo), indexing="ij")
-    q = ((img * hp + h) * wp + w).reshape(-1)
+    q = _output_positions(n, hp, wp, ho, wo)
     t = q & 63
     kq = (q >> 6) * 64 + (t & 7) * 8 + (t >> 3)
     k = np.arange(n * ho * wo)
@@ -1149,9 +1156,9 @@ def layer_sums(
         return sums
     cout = sched.layer.cout
     key = ("tiles", g.n, g.hp, g.wp, ho, wo)
-    index = sched._unpack_idx.get(key)
+    index = sched._indices.get(key)
     if index is None:
-        index = sched._unpack_idx[key] = sums_index(g.n, g.hp, g.wp, ho, wo, cout)
+        index = sched._indices[key] = sums_index(g.n, g.hp, g.wp, ho, wo, cout)
     sums = empty(pool, (g.n, cout, ho, wo), np.int32)
     args = (*_schedule_args(sched, planes), sched.ptr, sched.tap_idx, sched.tap_flip)
     args = (*args, sched.nbits, sched.layer.n, ow)
@@ -1198,8 +1205,7 @@ def _unpack_index(n: int, hp: int, wp: int, ho: int, wo: int) -> np.ndarray:
     """For output k = (image, h, w) of each image (row-major): the index of its value among the
     uint16 values of :func:`_unpack_sums_t`'s transposed words. Grid position q = (n * hp + h) *
     wp + w, t = q % 64, sits at ``64 * (q // 64) + 4 * (t % 16) + t // 16``."""
-    img, h, w = np.meshgrid(np.arange(n), np.arange(ho), np.arange(wo), indexing="ij")
-    q = ((img * hp + h) * wp + w).reshape(-1)
+    q = _output_positions(n, hp, wp, ho, wo)
     t = q & 63
     return ((q >> 6) * 64 + (t & 15) * 4 + (t >> 4)).astype(np.uint64)
 
@@ -1240,10 +1246,10 @@ def unpack_sums(
     ho, wo = output_hw(sched.layer, g)
     out = empty(pool, (g.n, sched.layer.cout, ho, wo), np.int32)
     if VS.shape[1] <= 16 and VS.shape[0] and ho * wo:
-        key = (g.n, g.hp, g.wp, ho, wo)
-        idx = sched._unpack_idx.get(key)
+        key = ("unpack", g.n, g.hp, g.wp, ho, wo)
+        idx = sched._indices.get(key)
         if idx is None:
-            idx = sched._unpack_idx[key] = _unpack_index(*key)
+            idx = sched._indices[key] = _unpack_index(*key[1:])
         _unpack_sums_t(VS, sched.c, sched.layer.n, idx, out)
     else:
         _unpack_sums(VS, sched.c, sched.layer.n, g.n, g.hp, g.wp, ho, wo, out)
