@@ -113,12 +113,17 @@ def test_sums_equal_packed(seed, cin, cout, k, dil, pad, n, h, w, tree, centres,
         np.testing.assert_array_equal(unpack_planes(out), pooled)
 
 
-@pytest.mark.parametrize("w", [61, 62, 63, 64, 126, 127])
-def test_emit_pool_word_aligned_rows(w):
-    """Pooled emission where the padded row width Wp = w + 2 is 63..65 or 128..129 bits
-    (whole-word shifts included) == pooling the emitted bits."""
+@pytest.mark.parametrize(
+    ("n", "h", "w"),
+    [(2, 6, 61), (2, 6, 62), (2, 6, 63), (2, 6, 64), (2, 6, 126), (2, 6, 127)]
+    + [(3, 7, 7), (5, 9, 5), (1, 7, 7), (4, 7, 8), (3, 5, 31)],
+)
+def test_emit_pool_rows(n, h, w):
+    """Pooled emission == pooling the emitted bits, where the padded row width Wp = w + 2 is
+    63..65 or 128..129 bits (whole-word shifts included), and where odd Hp and Wp make the
+    pooled rows of odd images start at odd grid bits (the odd-bit half rows)."""
     rng = np.random.default_rng(w)
-    n, cin, cout, h = 2, 3, 5, 6
+    cin, cout = 3, 5
     layer = _layer(rng, cin, cout, (3, 3), (1, 1), (1, 1), 2, 0.02, 0.0)
     x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
     sched = SlicedLayer(layer)

@@ -1322,39 +1322,59 @@ def _emit_rows(OB, N, Hp, Wp, Ho, Wo, Hp2, Wp2, ph2, pw2, out):  # pragma: no co
 
 
 @njit(cache=True)
-def _emit_pool(OB, N, Hp, Wp, Ho, Wo, Hp2, Wp2, ph2, pw2, tmp, out):  # pragma: no cover
+def _emit_pool(OB, N, Hp, Wp, Ho, Wo, Hp2, Wp2, ph2, pw2, half, out):  # pragma: no cover
     """2x2 stride-2 max pool (max then sign = OR of the signs) of the valid outputs into the
-    zeroed planes ``out`` of the next conv: OR each row with the next one and each bit with its
-    right neighbour word-wise, then keep the even bits of the even rows."""
+    zeroed planes ``out`` of the next conv. Per channel, word-wise: OR each row with the next
+    one and each bit with its right neighbour, then compress the even bits (``half[0]``) and,
+    where a pooled row starts at an odd grid bit (odd Wp and Hp, several images), the odd bits
+    (``half[1]``) to half-length rows. Then per pooled row, every channel in turn: copy its W2
+    bits from the half rows to the next grid (the channels' read-modify-writes are independent,
+    so they overlap; one channel's rows after each other would wait on each other)."""
     cout = OB.shape[0]
-    ow = tmp.shape[0] - 1
-    owu = np.uint64(ow)
     ns = OB.shape[1]
+    owu = np.uint64(ns - 1)
+    nh = half.shape[2]
     wsh = np.uint64(Wp >> 6)
     wsb = np.uint64(Wp & 63)
     wcb = np.uint64(63) - wsb  # (x << 1) << wcb == x << (64 - wsb), and 0 when wsb == 0
     one = np.uint64(1)
-    H2 = Ho // 2
-    W2 = Wo // 2
-    src = np.zeros(ow + (Wp >> 6) + 2, np.uint64)  # one row of OB, zero-padded: no bounds tests
+    two = np.uint64(2)
+    s63 = np.uint64(63)
+    s32 = np.uint64(32)
+    odd = half.shape[0] > 1
+    src = np.zeros(ns + (Wp >> 6) + 1, np.uint64)  # one row of OB, zero-padded: no bounds tests
+    tmp = np.zeros(2 * nh + 1, np.uint64)  # words >= ow stay 0
     for j in range(cout):
         for a in range(np.uint64(ns)):
             src[a] = OB[j, a]
         for a in range(owu):  # tmp = src | (src >> Wp): bit q gets bit q + Wp
             hi = (src[a + wsh] >> wsb) | ((src[a + wsh + one] << one) << wcb)
             tmp[a] = src[a] | hi
-        tmp[ow] = 0
         for a in range(owu):  # bit q |= bit q + 1
-            tmp[a] = tmp[a] | (tmp[a] >> one) | (tmp[a + one] << np.uint64(63))
-        dst = out[j]
-        for n in range(N):
-            for h2 in range(H2):
-                s0 = (n * Hp + 2 * h2) * Wp
-                d0 = (n * Hp2 + h2 + ph2) * Wp2 + pw2
-                for w0 in range(0, W2, 32):
-                    ln = min(32, W2 - w0)
-                    x = _even_bits(_extract(tmp, s0 + 2 * w0, 2 * ln))
-                    _place(dst, d0 + w0, x, ln)
+            tmp[a] = tmp[a] | (tmp[a] >> one) | (tmp[a + one] << s63)
+        he = half[0, j]
+        for a in range(nh):  # bit i of he = bit 2i of tmp
+            b = np.uint64(2 * a)
+            he[a] = _even_bits(tmp[b]) | (_even_bits(tmp[b + one]) << s32)
+        if odd:  # bit i of ho = bit 2i + 1 of tmp
+            hd = half[1, j]
+            for a in range(nh):
+                b = np.uint64(2 * a)
+                x0 = (tmp[b] >> one) | (tmp[b + one] << s63)
+                x1 = (tmp[b + one] >> one) | (tmp[b + two] << s63)
+                hd[a] = _even_bits(x0) | (_even_bits(x1) << s32)
+    H2 = Ho // 2
+    W2 = Wo // 2
+    for n in range(N):
+        for h2 in range(H2):
+            s0 = (n * Hp + 2 * h2) * Wp
+            hs = half[s0 & 1]
+            sh = s0 >> 1
+            d0 = (n * Hp2 + h2 + ph2) * Wp2 + pw2
+            for w0 in range(0, W2, 64):
+                ln = min(64, W2 - w0)
+                for j in range(cout):
+                    _place(out[j], d0 + w0, _extract(hs[j], sh + w0, ln), ln)
 
 
 def emit_planes(
@@ -1368,9 +1388,10 @@ def emit_planes(
         raise ValueError(f"next planes {nxt} do not match the output {expect}")
     out = np.zeros((nxt.c, nxt.words), dtype=np.uint64)
     ow = grid_words(g.n, g.hp, g.wp)
-    if pool:
-        tmp = np.zeros(ow + 1, dtype=np.uint64)  # + 1 word read by _extract
-        _emit_pool(OB, g.n, g.hp, g.wp, ho, wo, nxt.hp, nxt.wp, nxt.ph, nxt.pw, tmp, out)
+    if pool:  # half rows: ceil(ow / 2) words + 1 read by _extract; odd bits only if needed
+        odd = g.wp % 2 == 1 and g.hp % 2 == 1 and g.n > 1
+        half = np.empty((2 if odd else 1, OB.shape[0], (ow + 1) // 2 + 1), dtype=np.uint64)
+        _emit_pool(OB, g.n, g.hp, g.wp, ho, wo, nxt.hp, nxt.wp, nxt.ph, nxt.pw, half, out)
     elif (nxt.hp, nxt.wp) == (g.hp, g.wp):
         _emit_shift(OB, _valid_mask(g.n, g.hp, g.wp, ho, wo, ow), nxt.ph * g.wp + nxt.pw, out)
     else:
