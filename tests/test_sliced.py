@@ -26,6 +26,7 @@ from mstc.engine.sliced import (
     CONST1,
     GE,
     LE,
+    FusedStep,
     SlicedLayer,
     emit_planes,
     grid_words,
@@ -166,6 +167,39 @@ def test_word_kernel_equals_tile_kernel(seed, monkeypatch):
         np.testing.assert_array_equal(bits[:, :-1], got[small][0])
     np.testing.assert_array_equal(got[0][0], got[10**9][0])
     np.testing.assert_array_equal(got[0][1], got[10**9][1])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fused_step_equals_run_layer_and_emit(seed, monkeypatch):
+    """FusedStep (prepared once per geometry, scratch reused) == run_layer + emit_planes, call
+    after call on new inputs: word and tile kernels, with and without the 2x2 pool, the next
+    conv's padding the same or not; a wrong geometry is refused."""
+    import mstc.engine.sliced as sliced
+
+    rng = np.random.default_rng(seed)
+    cin, cout = int(rng.integers(1, 40)), int(rng.integers(2, 30))
+    n, h, w = int(rng.integers(1, 4)), int(rng.integers(4, 12)), int(rng.integers(4, 30))
+    layer = _layer(rng, cin, cout, (3, 3), (1, 1), (1, 1), int(rng.integers(1, 4)), 0.02, 0.3)
+    sched = SlicedLayer(layer)
+    g = plane_geometry(layer, n, h, w)
+    mode = rng.choice(np.array([GE, LE, CONST0, CONST1], np.int8), cout)
+    emit = sched.emit_rule(mode, rng.integers(-1, layer.n + 2, cout))
+    for small, pool, pad in [(0, False, 1), (10**9, True, 1), (0, True, 1), (10**9, False, 2)]:
+        monkeypatch.setattr(sliced, "SMALL_WORDS", small)
+        nxt_layer = _layer(rng, cout, 2, (3, 3), (1, 1), (pad, pad), 1, 0.0, 0.0)
+        nxt = plane_geometry(nxt_layer, n, *((h // 2, w // 2) if pool else (h, w)))
+        step = FusedStep(sched, g, emit, pool, nxt)
+        for _ in range(2):
+            x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+            planes = pack_planes(x, g)
+            OB, _ = run_layer(sched, planes, emit=emit, want_planes=False)
+            want = emit_planes(sched, OB, g, pool, nxt)
+            got = step(planes)
+            assert got.geometry == nxt
+            np.testing.assert_array_equal(got.bits, want.bits)
+    other = pack_planes(np.ones((n + 1, cin, h, w), np.float32), plane_geometry(layer, n + 1, h, w))
+    with pytest.raises(ValueError, match="not this step"):
+        step(other)
 
 
 def test_deep_chain_and_complement_offsets():

@@ -45,6 +45,7 @@ from mstc.engine.packed import (
 )
 from mstc.engine.sliced import (
     BitPlanes,
+    FusedStep,
     PlaneGeometry,
     SlicedLayer,
     emit_planes,
@@ -431,6 +432,7 @@ class MSTBackend(Backend):
             self.plane_kernel = plane_kernel
         self._sliced_cache: dict[str, SlicedLayer] = {}
         self._emit_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._steps: dict[tuple, FusedStep] = {}  # prepared fused layers per input geometry
         self.schedules = {
             name: LayerSchedule(layer, dense_threshold) for name, layer in compressed.layers.items()
         }
@@ -615,18 +617,24 @@ class MSTBackend(Backend):
 
     def _fused_sliced(self, layer, x, rule, pool, consumer, want_sums):
         planes = self._as_planes(layer, x)
+        nthreads = _set_threads(self.threads)
+        g = planes.geometry
+        key = (layer.name, g, pool, consumer.name, nthreads)
+        step = self._steps.get(key) if not want_sums else None
+        if step is not None:
+            return step(planes), None
         st = self._sliced(layer)
         emit = self._emit_cache.get(layer.name)
         if emit is None:
             emit = self._emit_cache[layer.name] = st.emit_rule(*rule)
-        nthreads = _set_threads(self.threads)
-        OB, VS = run_layer(st, planes, emit=emit, want_planes=want_sums, nthreads=nthreads)
-        g = planes.geometry
-        sums = unpack_sums(st, VS, g) if want_sums else None
         ho, wo = output_hw(layer, g)
         h2, w2 = (ho // 2, wo // 2) if pool else (ho, wo)
         nxt = plane_geometry(consumer, g.n, h2, w2)
-        return emit_planes(st, OB, g, pool, nxt), sums
+        if not want_sums:
+            step = self._steps[key] = FusedStep(st, g, emit, pool, nxt, nthreads)
+            return step(planes), None
+        OB, VS = run_layer(st, planes, emit=emit, want_planes=True, nthreads=nthreads)
+        return emit_planes(st, OB, g, pool, nxt), unpack_sums(st, VS, g)
 
     def _fused_int(self, layer, x, rule, pool, consumer, want_sums):
         s = self._conv(layer, x if isinstance(x, BitPlanes) else check_input(layer, x))

@@ -1067,6 +1067,33 @@ def _tiles_par(
         )  # fmt: skip
 
 
+def _layer_kernel(
+    sched: SlicedLayer,
+    g: PlaneGeometry,
+    emit: tuple[np.ndarray, np.ndarray] | None,
+    nthreads: int,
+) -> tuple:
+    """(kernel, its arguments after the input bits and before OB, VS) for one input geometry:
+    the word kernel for grids of a few words (one thread), else the tile kernel, parallel over
+    chunks of tiles if ``nthreads`` > 1; None for an empty grid."""
+    ow = grid_words(g.n, g.hp, g.wp)
+    if emit is None:
+        emode = np.zeros(sched.layer.cout, np.int8)
+        etv = np.zeros(sched.layer.cout, np.uint64)
+    else:
+        emode, etv = emit
+    args = (*_schedule_args(sched, g.wp), sched.ncomp, sched.ptr, sched.tap_idx)
+    args = (*args, sched.tap_flip, sched.nbits, sched.planes, emode, etv, ow)
+    ntiles = -(-ow // TW)
+    if not ow:
+        return None, args
+    if ow <= SMALL_WORDS:  # a few words: one at a time, scalar (one thread)
+        return _words, args
+    if nthreads > 1 and ntiles > 1:
+        return _tiles_par, (*args, ntiles, min(ntiles, 4 * nthreads))
+    return _tiles, (*args, 0, ntiles)
+
+
 def run_layer(
     sched: SlicedLayer,
     planes: BitPlanes,
@@ -1086,28 +1113,19 @@ def run_layer(
         pool if want_planes else None, (cout if want_planes else 0, sched.planes, ow), np.uint64
     )
     OB = np.empty((cout if emit is not None else 0, ow + 1), dtype=np.uint64)
-    if emit is None:
-        emode = np.zeros(cout, np.int8)
-        etv = np.zeros(cout, np.uint64)
-    else:
-        emode, etv = emit
+    if emit is not None:
         OB[:, ow] = 0
-    ntiles = -(-ow // TW)
-    args = (*_schedule_args(sched, planes), sched.ncomp, sched.ptr, sched.tap_idx, sched.tap_flip)
-    args = (*args, sched.nbits, sched.planes, emode, etv, ow)
-    if ow <= SMALL_WORDS and ow:  # a few words: one at a time, scalar (one thread)
-        _words(*args, OB, VS)
-    elif nthreads > 1 and ntiles > 1:
-        _tiles_par(*args, ntiles, min(ntiles, 4 * nthreads), OB, VS)
-    elif ntiles:
-        _tiles(*args, 0, ntiles, OB, VS)
+    kernel, args = _layer_kernel(sched, g, emit, nthreads)
+    if kernel is not None:
+        kernel(planes.bits, *args, OB, VS)
     return (OB if emit is not None else None), (VS if want_planes else None)
 
 
-def _schedule_args(sched: SlicedLayer, planes: BitPlanes) -> tuple:
-    """The leading arguments of every tile kernel: the input planes and the schedule's taps."""
-    tw, tb = sched.tap_shifts(planes.geometry.wp)
-    return (planes.bits, sched._tap_c, tw, tb, sched.order, sched.depth, sched.kind)
+def _schedule_args(sched: SlicedLayer, wp: int) -> tuple:
+    """The arguments of every tile kernel after the input planes: the schedule's taps on a grid
+    of row width ``wp``, its order, depths and edge kinds."""
+    tw, tb = sched.tap_shifts(wp)
+    return (sched._tap_c, tw, tb, sched.order, sched.depth, sched.kind)
 
 
 def _output_positions(n: int, hp: int, wp: int, ho: int, wo: int) -> np.ndarray:
@@ -1160,7 +1178,7 @@ def layer_sums(
     if index is None:
         index = sched._indices[key] = sums_index(g.n, g.hp, g.wp, ho, wo, cout)
     sums = empty(pool, (g.n, cout, ho, wo), np.int32)
-    args = (*_schedule_args(sched, planes), sched.ptr, sched.tap_idx, sched.tap_flip)
+    args = (planes.bits, *_schedule_args(sched, g.wp), sched.ptr, sched.tap_idx, sched.tap_flip)
     args = (*args, sched.nbits, sched.layer.n, ow)
     out = (sums.reshape(-1), *index, ho * wo)
     ntiles = -(-ow // TW)
@@ -1377,23 +1395,67 @@ def _emit_pool(OB, N, Hp, Wp, Ho, Wo, Hp2, Wp2, ph2, pw2, half, out):  # pragma:
                     _place(out[j], d0 + w0, _extract(hs[j], sh + w0, ln), ln)
 
 
-def emit_planes(
-    sched: SlicedLayer, OB: np.ndarray, geometry: PlaneGeometry, pool: bool, nxt: PlaneGeometry
-) -> BitPlanes:
-    """The next conv's input planes from a layer's emitted bits (optionally 2x2 max-pooled)."""
+def _emit_call(
+    sched: SlicedLayer, geometry: PlaneGeometry, pool: bool, nxt: PlaneGeometry
+) -> tuple:
+    """(emitter, its arguments between OB and the output planes) for one input geometry: the
+    2x2 max pool, a shift (same grid, the next conv's padding), or a row by row copy."""
     g = geometry
     ho, wo = output_hw(sched.layer, g)
     expect = (ho // 2, wo // 2) if pool else (ho, wo)
     if (nxt.h, nxt.w) != expect or nxt.n != g.n or nxt.c != sched.layer.cout:
         raise ValueError(f"next planes {nxt} do not match the output {expect}")
-    out = np.zeros((nxt.c, nxt.words), dtype=np.uint64)
     ow = grid_words(g.n, g.hp, g.wp)
     if pool:  # half rows: ceil(ow / 2) words + 1 read by _extract; odd bits only if needed
         odd = g.wp % 2 == 1 and g.hp % 2 == 1 and g.n > 1
-        half = np.empty((2 if odd else 1, OB.shape[0], (ow + 1) // 2 + 1), dtype=np.uint64)
-        _emit_pool(OB, g.n, g.hp, g.wp, ho, wo, nxt.hp, nxt.wp, nxt.ph, nxt.pw, half, out)
-    elif (nxt.hp, nxt.wp) == (g.hp, g.wp):
-        _emit_shift(OB, _valid_mask(g.n, g.hp, g.wp, ho, wo, ow), nxt.ph * g.wp + nxt.pw, out)
-    else:
-        _emit_rows(OB, g.n, g.hp, g.wp, ho, wo, nxt.hp, nxt.wp, nxt.ph, nxt.pw, out)
+        half = np.empty((2 if odd else 1, nxt.c, (ow + 1) // 2 + 1), dtype=np.uint64)
+        return _emit_pool, (g.n, g.hp, g.wp, ho, wo, nxt.hp, nxt.wp, nxt.ph, nxt.pw, half)
+    if (nxt.hp, nxt.wp) == (g.hp, g.wp):
+        return _emit_shift, (_valid_mask(g.n, g.hp, g.wp, ho, wo, ow), nxt.ph * g.wp + nxt.pw)
+    return _emit_rows, (g.n, g.hp, g.wp, ho, wo, nxt.hp, nxt.wp, nxt.ph, nxt.pw)
+
+
+def emit_planes(
+    sched: SlicedLayer, OB: np.ndarray, geometry: PlaneGeometry, pool: bool, nxt: PlaneGeometry
+) -> BitPlanes:
+    """The next conv's input planes from a layer's emitted bits (optionally 2x2 max-pooled)."""
+    emitter, args = _emit_call(sched, geometry, pool, nxt)
+    out = np.zeros((nxt.c, nxt.words), dtype=np.uint64)
+    emitter(OB, *args, out)
     return BitPlanes(out, nxt)
+
+
+class FusedStep:
+    """One fused layer at one input geometry: ``run_layer(emit=...)`` then ``emit_planes``
+    (the next conv's planes, optionally 2x2 max-pooled), with all that does not depend on the
+    input bits -- kernel arguments, the emitted-bits scratch, the next geometry, the valid mask
+    -- made once. At batch 1 a layer's kernels take 15-25 us, and that preparation took about
+    as long again."""
+
+    def __init__(
+        self,
+        sched: SlicedLayer,
+        geometry: PlaneGeometry,
+        emit: tuple[np.ndarray, np.ndarray],
+        pool: bool,
+        nxt: PlaneGeometry,
+        nthreads: int = 1,
+    ) -> None:
+        self.geometry = geometry
+        self.next_geometry = nxt
+        self._emitter, self._emit_args = _emit_call(sched, geometry, pool, nxt)
+        ow = grid_words(geometry.n, geometry.hp, geometry.wp)
+        self._OB = np.zeros((sched.layer.cout, ow + 1), dtype=np.uint64)  # word ow stays 0
+        self._VS = np.empty((0, sched.planes, ow), dtype=np.uint64)
+        self._kernel, self._args = _layer_kernel(sched, geometry, emit, nthreads)
+        self._out_shape = (nxt.c, nxt.words)
+
+    def __call__(self, planes: BitPlanes) -> BitPlanes:
+        if planes.geometry != self.geometry:
+            raise ValueError(f"planes {planes.geometry} are not this step's {self.geometry}")
+        OB = self._OB
+        if self._kernel is not None:
+            self._kernel(planes.bits, *self._args, OB, self._VS)
+        out = np.zeros(self._out_shape, dtype=np.uint64)
+        self._emitter(OB, *self._emit_args, out)
+        return BitPlanes(out, self.next_geometry)
