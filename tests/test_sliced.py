@@ -141,15 +141,23 @@ def test_emit_pool_rows(n, h, w):
     np.testing.assert_array_equal(unpack_planes(out), pooled)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_word_kernel_equals_tile_kernel(seed, monkeypatch):
+@pytest.mark.parametrize(
+    ("seed", "shape"),
+    [(s, None) for s in range(6)]
+    # grids whose last tile is rounded up to 16 words (15, 42, 64 + 63 words) or not (4, 64 + 7)
+    + [(6, (1, 28, 28)), (7, (3, 7, 7)), (8, (2, 30, 40)), (9, (5, 28, 28)), (10, (9, 28, 28))],
+)
+def test_word_kernel_equals_tile_kernel(seed, shape, monkeypatch):
     """run_layer's word-at-a-time kernel (small grids) == its vector tile kernel: emitted bits
-    and v planes, roots, children, complement edges, every emit mode."""
+    and v planes, roots, children, complement edges, every emit mode, tiles whose arithmetic
+    runs over padded words."""
     import mstc.engine.sliced as sliced
 
     rng = np.random.default_rng(seed)
     cin, cout = int(rng.integers(1, 40)), int(rng.integers(1, 30))
     n, h, w = int(rng.integers(1, 3)), int(rng.integers(3, 9)), int(rng.integers(3, 40))
+    if shape is not None:
+        n, h, w = shape
     layer = _layer(rng, cin, cout, (3, 3), (1, 1), (1, 1), int(rng.integers(1, 4)), 0.02, 0.3)
     x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
     sched = SlicedLayer(layer, tree=bool(seed % 3))
