@@ -58,7 +58,7 @@ def _layer_times(be, fused, call: tuple, reps: int) -> tuple[str, dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model", help="a .mstc file (or a registered model name)")
+    p.add_argument("model", help="a .mstc file")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--reps", type=int, default=300)
     args = p.parse_args()
