@@ -1,11 +1,12 @@
-"""The bit-sliced kernel on small grids (batch 1): per layer, the word kernel against the tile
+"""The bit-sliced kernel on small grids (batch 1): per layer, the word kernels against the tile
 kernel, and the cost of the taps alone.
 
-For each fused-able layer of a model at the given batch, times ``run_layer`` with the word kernel
-(``sliced._words``, grids of <= ``SMALL_WORDS`` words) and with the vector tile kernel, both
-exact; then a loop that only accumulates the layer's taps (the same Harley-Seal adders, no tree
-walk, no emission), to show how much of the kernel the taps are. Minimum of many calls, thread
-CPU time:
+For each fused-able layer of a model at the given batch, times ``run_layer`` with the vector word
+kernel (``sliced._vwords``, four words per register, grids of <= ``VECTOR_WORDS`` words) and with
+the tile kernel, the scalar word kernel (``sliced._words``, its reference) on the same
+arguments, all exact; then a loop that only accumulates the layer's taps (the same Harley-Seal
+adders, no tree walk, no emission) over the grid's words one at a time, to show how much of the
+scalar kernel the taps are. Minimum of many calls, thread CPU time:
 
     .venv/bin/python benchmarks/sliced_small.py results/models/vgg_small_w0.25_fmnist_lam3e-5_k4.mstc
 """
@@ -81,8 +82,8 @@ def main() -> None:
     rt.run(np.zeros((args.batch, *cm.input_shape), np.float32))
     rng = np.random.default_rng(0)
     print(f"{args.model} batch {args.batch}: us per call (min of {args.calls})")
-    print(f"{'layer':14s} {'words':>5s} {'taps':>6s} {'word kernel':>12s} {'tile kernel':>12s}"
-          f" {'taps only':>10s}")  # fmt: skip
+    print(f"{'layer':14s} {'words':>5s} {'taps':>6s} {'vector words':>12s} {'tile kernel':>12s}"
+          f" {'scalar words':>12s} {'taps only':>10s}")  # fmt: skip
     for name, shape in shapes.items():
         layer = cm.layers[name]
         if not sliceable(layer):
@@ -93,19 +94,23 @@ def main() -> None:
         emit = st.emit_rule(np.full(layer.cout, 2, np.int8), np.full(layer.cout, layer.n // 2))
         ow = grid_words(g.n, g.hp, g.wp)
         t = {}
-        for kernel, small in (("word", 10**9), ("tile", 0)):
-            sliced.SMALL_WORDS, keep = small, sliced.SMALL_WORDS
+        for kernel, vector in (("word", 10**9), ("tile", 0)):
+            sliced.VECTOR_WORDS, keep = vector, sliced.VECTOR_WORDS
             try:
                 t[kernel] = _min_time(
                     args.calls, run_layer, st, planes, emit=emit, want_planes=False
                 )
             finally:
-                sliced.SMALL_WORDS = keep
+                sliced.VECTOR_WORDS = keep
+        _, kargs = sliced._layer_kernel(st, g, emit, 1)
+        OB = np.zeros((layer.cout, ow + 1), np.uint64)
+        VS = np.zeros((0, st.planes, ow), np.uint64)
+        t["scalar"] = _min_time(args.calls, sliced._words, planes.bits, *kargs, OB, VS)
         XT = rng.integers(0, 2**63, layer.n, dtype=np.uint64)
         ti = st.tap_idx.astype(np.uint64)
         taps = _min_time(args.calls, _taps_only, XT, ti, st.tap_flip, st.ptr, ow)
         print(f"{name:14s} {ow:5d} {int(st.ptr[-1]):6d} {t['word'] * 1e6:12.1f}"
-              f" {t['tile'] * 1e6:12.1f} {taps * 1e6:10.1f}")  # fmt: skip
+              f" {t['tile'] * 1e6:12.1f} {t['scalar'] * 1e6:12.1f} {taps * 1e6:10.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":

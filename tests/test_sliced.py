@@ -144,13 +144,16 @@ def test_emit_pool_rows(n, h, w):
 @pytest.mark.parametrize(
     ("seed", "shape"),
     [(s, None) for s in range(6)]
-    # grids whose last tile is rounded up to 16 words (15, 42, 64 + 63 words) or not (4, 64 + 7)
-    + [(6, (1, 28, 28)), (7, (3, 7, 7)), (8, (2, 30, 40)), (9, (5, 28, 28)), (10, (9, 28, 28))],
+    # grids whose last tile is rounded up to 16 words (15, 42, 64 + 63 words) or not (4, 64 + 7);
+    # 5 and 2 words: one vector group partly filled
+    + [(6, (1, 28, 28)), (7, (3, 7, 7)), (8, (2, 30, 40)), (9, (5, 28, 28)), (10, (9, 28, 28))]
+    + [(11, (1, 18, 14)), (12, (1, 7, 7))],
 )
 def test_word_kernel_equals_tile_kernel(seed, shape, monkeypatch):
-    """run_layer's word-at-a-time kernel (small grids) == its vector tile kernel: emitted bits
-    and v planes, roots, children, complement edges, every emit mode, tiles whose arithmetic
-    runs over padded words."""
+    """run_layer's vector word kernel (small grids, four words per register) == its tile kernel
+    == the scalar word kernel (the reference): emitted bits and v planes, roots, children,
+    complement edges, every emit mode, tiles whose arithmetic runs over padded words, grids of
+    1-3 words past a multiple of four."""
     import mstc.engine.sliced as sliced
 
     rng = np.random.default_rng(seed)
@@ -161,20 +164,28 @@ def test_word_kernel_equals_tile_kernel(seed, shape, monkeypatch):
     layer = _layer(rng, cin, cout, (3, 3), (1, 1), (1, 1), int(rng.integers(1, 4)), 0.02, 0.3)
     x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
     sched = SlicedLayer(layer, tree=bool(seed % 3))
-    planes = pack_planes(x, plane_geometry(layer, n, h, w))
+    g = plane_geometry(layer, n, h, w)
+    planes = pack_planes(x, g)
     mode = rng.choice(np.array([GE, LE, CONST0, CONST1], np.int8), cout)
     emit = sched.emit_rule(mode, rng.integers(-1, layer.n + 2, cout))
     got = {}
-    for small in (0, 10**9):  # every grid to the tile kernel, then to the word kernel
-        monkeypatch.setattr(sliced, "SMALL_WORDS", small)
+    for vector in (0, 10**9):  # every grid to the tile kernel, then to the vector word kernel
+        monkeypatch.setattr(sliced, "VECTOR_WORDS", vector)
         OB, VS = run_layer(sched, planes, emit=emit, want_planes=True)
-        got[small] = (OB[:, :-1], VS)
+        got[vector] = (OB[:, :-1], VS)
         # emitting only: the tile kernel keeps no planes of leaves, same bits
         bits, none = run_layer(sched, planes, emit=emit, want_planes=False)
         assert none is None
-        np.testing.assert_array_equal(bits[:, :-1], got[small][0])
+        np.testing.assert_array_equal(bits[:, :-1], got[vector][0])
+    kernel, args = sliced._layer_kernel(sched, g, emit, 1)
+    assert kernel is sliced._vwords
+    OB = np.zeros_like(got[0][0], shape=(cout, got[0][0].shape[1] + 1))
+    VS = np.zeros_like(got[0][1])
+    sliced._words(planes.bits, *args, OB, VS)
     np.testing.assert_array_equal(got[0][0], got[10**9][0])
     np.testing.assert_array_equal(got[0][1], got[10**9][1])
+    np.testing.assert_array_equal(OB[:, :-1], got[0][0])
+    np.testing.assert_array_equal(VS, got[0][1])
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -192,8 +203,8 @@ def test_fused_step_equals_run_layer_and_emit(seed, monkeypatch):
     g = plane_geometry(layer, n, h, w)
     mode = rng.choice(np.array([GE, LE, CONST0, CONST1], np.int8), cout)
     emit = sched.emit_rule(mode, rng.integers(-1, layer.n + 2, cout))
-    for small, pool, pad in [(0, False, 1), (10**9, True, 1), (0, True, 1), (10**9, False, 2)]:
-        monkeypatch.setattr(sliced, "SMALL_WORDS", small)
+    for vector, pool, pad in [(0, False, 1), (10**9, True, 1), (0, True, 1), (10**9, False, 2)]:
+        monkeypatch.setattr(sliced, "VECTOR_WORDS", vector)
         nxt_layer = _layer(rng, cout, 2, (3, 3), (1, 1), (pad, pad), 1, 0.0, 0.0)
         nxt = plane_geometry(nxt_layer, n, *((h // 2, w // 2) if pool else (h, w)))
         step = FusedStep(sched, g, emit, pool, nxt)

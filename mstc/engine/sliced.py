@@ -37,14 +37,19 @@ import numpy as np
 from numba import njit, prange
 
 from mstc.engine.buffers import BufferPool, empty
+from mstc.engine.simd import vand, vany, vfill, vlane, vload, vor, vstore, vxor
 from mstc.format import BinaryLayerCode
 
 #: words (of 64 positions) per tile: long enough for the word loops to vectorise (AVX2/AVX-512),
 #: short enough for the tile's tap runs (K x TW words) to stay in L2
 TW = 64
-#: grids of at most this many words (batch 1 on padded maps up to ~22x22) run the word-at-a-time
-#: kernel :func:`_words`: with 1-16 words per tap the vector loops of :func:`_tiles` are mostly
-#: loop overhead (benchmarks/sliced_small.py times both kernels per layer)
+#: grids of at most this many words run :func:`_vwords` (four words per vector register, node by
+#: node) instead of the tile kernel, whose vector loops are mostly loop overhead on a few words:
+#: vgg_small's layers at batch 1 (2-15 words) and up to batch ~4; at 41 words both kernels took
+#: the same time (benchmarks/sliced_small.py times the kernels per layer)
+VECTOR_WORDS = 32
+#: :func:`layer_sums` on grids of at most this many words takes the v planes and unpacks them
+#: (the integer walk's per-node costs do not pay off on a few words)
 SMALL_WORDS = 8
 
 #: emit modes of a channel: constant 0, constant 1, v >= T, v <= T (as NOT v >= T+1)
@@ -964,9 +969,9 @@ def _words(
     X, tap_c, tap_w, tap_b, order, depth, kind, ncomp, ptr, tidx, tflip, nbits, B,
     emode, etv, ow, OB, VS,
 ):  # fmt: skip  # pragma: no cover - numba
-    """The kernel of :func:`_tiles` one word (64 positions) at a time, every plane a scalar:
-    for grids of a few words, where per-loop overhead dominates the vector version. Same
-    arithmetic, same outputs (tested equal)."""
+    """The kernel of :func:`_tiles` one word (64 positions) at a time, every plane a scalar: the
+    plain reference of :func:`_vwords` (which runs grids of a few words). Same arithmetic, same
+    outputs (tested equal)."""
     K = tap_c.shape[0]
     cout = order.shape[0]
     nlev, lmax = _levels(depth, nbits)
@@ -1065,6 +1070,163 @@ def _words(
                     OB[j, i] = g if md == 2 else ~g
 
 
+@njit(cache=True, inline="always")
+def _vcsa(h, a, b):  # pragma: no cover - numba
+    """:func:`_csa` on four lanes: (carry, sum) of h + a + b."""
+    u = vxor(h, a)
+    return vor(vand(h, a), vand(u, b)), vxor(u, b)
+
+
+@njit(cache=True, inline="always")
+def _vripple(M, c, l0, L):  # pragma: no cover - numba
+    """:func:`_scalar_ripple` on four lanes; plane l of M is M[4 l : 4 l + 4]."""
+    for l in range(l0, L):
+        if not vany(c):
+            break
+        o = np.uint64(4 * l)
+        x = vload(M, o)
+        vstore(M, o, vxor(x, c))
+        c = vand(x, c)
+
+
+@njit(cache=True, inline="always")
+def _vtap(XT, ti, tflip, q):  # pragma: no cover - numba
+    """Match words of tap q on four lanes (XT: four words per tap)."""
+    return vxor(vload(XT, ti[q] * np.uint64(4)), vfill(tflip[q]))
+
+
+@njit(cache=True, inline="always")
+def _vadd4(XT, ti, tflip, q, o1, o2):  # pragma: no cover - numba
+    """:func:`_add4_scalar` on four lanes."""
+    one = np.uint64(1)
+    tA, o1 = _vcsa(o1, _vtap(XT, ti, tflip, q), _vtap(XT, ti, tflip, q + one))
+    tB, o1 = _vcsa(
+        o1, _vtap(XT, ti, tflip, q + np.uint64(2)), _vtap(XT, ti, tflip, q + np.uint64(3))
+    )
+    c4, o2 = _vcsa(o2, tA, tB)
+    return c4, o1, o2
+
+
+@njit(cache=True)
+def _vwords(
+    X, tap_c, tap_w, tap_b, order, depth, kind, ncomp, ptr, tidx, tflip, nbits, B,
+    emode, etv, ow, OB, VS,
+):  # fmt: skip  # pragma: no cover - numba
+    """:func:`_words` four words at a time: every plane of a node is one ``u64x4`` vector
+    register (``mstc.engine.simd``), so a node's taps, planes and compare cost the same for one
+    to four words. Same arithmetic, same outputs (tested equal); lanes past ``ow`` compute on
+    zero tap words and are not stored."""
+    K = tap_c.shape[0]
+    cout = order.shape[0]
+    nlev, lmax = _levels(depth, nbits)
+    ncol = np.uint64(X.shape[1])
+    Xf = X.reshape(-1)
+    off = np.empty(K, np.uint64)
+    sb = np.empty(K, np.uint64)
+    for k in range(K):
+        off[k] = np.uint64(tap_c[k]) * ncol + np.uint64(tap_w[k])
+        sb[k] = np.uint64(tap_b[k])
+    ti = tidx.astype(np.uint64)
+    XT = np.zeros(4 * K, np.uint64)
+    V = np.zeros(4 * nlev * B, np.uint64)  # plane b of level d: V[4 (d B + b) :][:4]
+    M = np.zeros(4 * (max(lmax, B) + 5), np.uint64)
+    one = np.uint64(1)
+    u4 = np.uint64(4)
+    s63 = np.uint64(63)
+    zero = vfill(np.uint64(0))
+    ones = vfill(~np.uint64(0))
+    want_bits = OB.shape[0] > 0
+    want_planes = VS.shape[0] > 0
+    for i0 in range(0, ow, 4):
+        nw = min(4, ow - i0)
+        for k in range(K):  # the tap words at words i0..i0+3 (0 past the grid)
+            for lane in range(4):
+                w = np.uint64(0)
+                if lane < nw:
+                    a = off[k] + np.uint64(i0 + lane)
+                    w = (Xf[a] >> sb[k]) | ((Xf[a + one] << one) << (s63 - sb[k]))
+                XT[4 * k + lane] = w
+        for e in range(cout):
+            j = order[e]
+            L = nbits[e]
+            for l in range(L + 1):
+                vstore(M, np.uint64(4 * l), zero)
+            q = np.uint64(ptr[e])
+            q1 = np.uint64(ptr[e + 1])
+            o1 = zero
+            o2 = zero
+            o4 = zero
+            o8 = zero
+            while q + np.uint64(16) <= q1:  # Harley-Seal: ones/twos/fours/eights, ripple the 16s
+                fA, o1, o2 = _vadd4(XT, ti, tflip, q, o1, o2)
+                fB, o1, o2 = _vadd4(XT, ti, tflip, q + u4, o1, o2)
+                eA, o4 = _vcsa(o4, fA, fB)
+                fA, o1, o2 = _vadd4(XT, ti, tflip, q + np.uint64(8), o1, o2)
+                fB, o1, o2 = _vadd4(XT, ti, tflip, q + np.uint64(12), o1, o2)
+                eB, o4 = _vcsa(o4, fA, fB)
+                c16, o8 = _vcsa(o8, eA, eB)
+                _vripple(M, c16, 4, L)
+                q += np.uint64(16)
+            vstore(M, np.uint64(0), o1)
+            vstore(M, np.uint64(4), o2)
+            vstore(M, np.uint64(8), o4)
+            vstore(M, np.uint64(12), o8)
+            while q + u4 <= q1:  # blocks of 4 into ones / twos, ripple the fours
+                c4, m0, m1 = _vadd4(XT, ti, tflip, q, vload(M, np.uint64(0)), vload(M, u4))
+                vstore(M, np.uint64(0), m0)
+                vstore(M, u4, m1)
+                _vripple(M, c4, 2, L)
+                q += u4
+            while q < q1:  # single taps: ripple from the ones
+                _vripple(M, _vtap(XT, ti, tflip, q), 0, L)
+                q += one
+            dj = depth[e]
+            kd = kind[e]
+            T = etv[e]
+            g = ones  # the LSB-first compare v >= T of _compare_plane
+            cur = np.uint64(4 * dj * B)
+            if kd == 0:  # root: v = m
+                for b in range(B):
+                    v = vload(M, np.uint64(4 * b)) if b < L else zero
+                    vstore(V, cur + np.uint64(4 * b), v)
+                    g = vand(v, g) if (T >> np.uint64(b)) & one else vor(v, g)
+            else:  # v = src + 2m, src = v_parent or its complement over ncomp planes
+                nc = ncomp[e] if kd == 2 else 0
+                src = cur - np.uint64(4 * B)
+                v = vload(V, src)
+                if nc > 0:
+                    v = vxor(v, ones)
+                vstore(V, cur, v)
+                g = vand(v, g) if T & one else vor(v, g)
+                c = zero
+                for b in range(1, B):
+                    sv = vload(V, src + np.uint64(4 * b))
+                    if b < nc:
+                        sv = vxor(sv, ones)
+                    if b - 1 < L:
+                        c, v = _vcsa(sv, vload(M, np.uint64(4 * (b - 1))), c)
+                    else:
+                        v = vxor(sv, c)
+                        c = vand(sv, c)
+                    vstore(V, cur + np.uint64(4 * b), v)
+                    g = vand(v, g) if (T >> np.uint64(b)) & one else vor(v, g)
+            if want_planes:
+                for b in range(B):
+                    v = vload(V, cur + np.uint64(4 * b))
+                    for lane in range(nw):
+                        VS[j, b, i0 + lane] = vlane(v, np.uint64(lane))
+            if want_bits:
+                md = emode[e]
+                if md == 0:
+                    g = zero
+                elif md == 1:
+                    g = ones
+                elif md == 3:
+                    g = vxor(g, ones)
+                for lane in range(nw):
+                    OB[j, i0 + lane] = vlane(g, np.uint64(lane))
+
+
 @njit(parallel=True, cache=True)
 def _tiles_par(
     X, tap_c, tap_w, tap_b, order, depth, kind, ncomp, ptr, tidx, tflip, nbits, B,
@@ -1084,8 +1246,9 @@ def _layer_kernel(
     nthreads: int,
 ) -> tuple:
     """(kernel, its arguments after the input bits and before OB, VS) for one input geometry:
-    the word kernel for grids of a few words (one thread), else the tile kernel, parallel over
-    chunks of tiles if ``nthreads`` > 1; None for an empty grid."""
+    the vector word kernel for grids of a few words (one thread), else the tile kernel,
+    parallel over chunks of tiles if ``nthreads`` > 1; None for an empty grid. The scalar word
+    kernel :func:`_words` takes the same arguments (the reference of :func:`_vwords`)."""
     ow = grid_words(g.n, g.hp, g.wp)
     if emit is None:
         emode = np.zeros(sched.layer.cout, np.int8)
@@ -1097,8 +1260,8 @@ def _layer_kernel(
     ntiles = -(-ow // TW)
     if not ow:
         return None, args
-    if ow <= SMALL_WORDS:  # a few words: one at a time, scalar (one thread)
-        return _words, args
+    if ow <= VECTOR_WORDS:  # a few words: four at a time, node by node (one thread)
+        return _vwords, args
     if nthreads > 1 and ntiles > 1:
         return _tiles_par, (*args, ntiles, min(ntiles, 4 * nthreads))
     return _tiles, (*args, 0, ntiles)
