@@ -1,10 +1,9 @@
-"""Explicit 4 x uint64 vectors in numba, for a batch-1 word kernel vectorised across tree nodes:
-a feasibility measurement, not used by the engines.
+"""Four tree nodes per vector register (``mstc.engine.simd``), their tap words gathered: a
+feasibility measurement for a word kernel vectorised across nodes, not used by the engines
+(``sliced._vwords`` puts four words of one node in a vector instead).
 
-numba's vectoriser leaves the bit-sliced word kernel scalar (BENCHMARKS.md, "Batch 1, what limits
-it"). An extension type whose data model is an LLVM ``<4 x i64>`` (``PrimitiveModel`` over
-``ir.VectorType``) and a few ``@intrinsic`` operations keep four lanes in one register. The
-measurement: the Harley-Seal ones / twos / fours of 4 node lanes, each lane's tap words gathered
+numba's vectoriser leaves the bit-sliced word kernel scalar (BENCHMARKS.md, "Batch 1, what
+limited it"). The measurement: the Harley-Seal ones / twos / fours of 4 node lanes, each lane's tap words gathered
 from the same tap array (``XT[idx[q]] ^ flip[q]``, the word kernel's inner step), against the
 same taps one lane at a time; the gather either as four scalar loads into the vector or as
 ``llvm.masked.gather`` (vpgatherqq). Minimum wall time of many calls:
@@ -20,71 +19,13 @@ import llvmlite.ir as ir
 import numpy as np
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic, models, register_model
+from numba.extending import intrinsic
+
+from mstc.engine.simd import u64x4, vand, vfill, vload, vstore, vxor
 
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 VT = ir.VectorType(I64, 4)
-
-
-class U64x4(types.Type):
-    def __init__(self) -> None:
-        super().__init__(name="u64x4")
-
-
-u64x4 = U64x4()
-
-
-@register_model(U64x4)
-class U64x4Model(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type) -> None:
-        super().__init__(dmm, fe_type, VT)
-
-
-@intrinsic
-def vzero(typingctx):
-    def codegen(context, builder, sig, args):
-        return ir.Constant(VT, [0, 0, 0, 0])
-
-    return u64x4(), codegen
-
-
-def _binop(name: str):
-    @intrinsic
-    def op(typingctx, a, b):
-        def codegen(context, builder, sig, args):
-            return getattr(builder, name)(args[0], args[1])
-
-        return u64x4(u64x4, u64x4), codegen
-
-    return op
-
-
-vxor = _binop("xor")
-vand = _binop("and_")
-
-
-@intrinsic
-def vload(typingctx, arr, q):
-    """arr[q .. q+3] (1-D uint64) as one vector."""
-
-    def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[0])(context, builder, args[0])
-        p = builder.bitcast(builder.gep(a.data, [args[1]]), VT.as_pointer())
-        return builder.load(p, align=8)
-
-    return u64x4(arr, types.uint64), codegen
-
-
-@intrinsic
-def vstore(typingctx, arr, q, v):
-    def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[0])(context, builder, args[0])
-        p = builder.bitcast(builder.gep(a.data, [args[1]]), VT.as_pointer())
-        builder.store(args[2], p, align=8)
-        return context.get_dummy_value()
-
-    return types.none(arr, types.uint64, u64x4), codegen
 
 
 @intrinsic
@@ -134,9 +75,9 @@ def vgather_masked(typingctx, arr, idx, q):
 @njit(cache=True)
 def lanes_loads(XT, idx, flip, out):  # pragma: no cover - numba
     """4 lanes; lane l takes taps l, l+4, l+8, ...: ones / twos / fours counters."""
-    o1 = vzero()
-    o2 = vzero()
-    o4 = vzero()
+    o1 = vfill(np.uint64(0))
+    o2 = vfill(np.uint64(0))
+    o4 = vfill(np.uint64(0))
     for q in range(np.uint64(0), np.uint64(idx.shape[0]), np.uint64(4)):
         a = vxor(vgather_loads(XT, idx, q), vload(flip, q))
         c = vand(o1, a)
@@ -151,9 +92,9 @@ def lanes_loads(XT, idx, flip, out):  # pragma: no cover - numba
 
 @njit(cache=True)
 def lanes_masked(XT, idx, flip, out):  # pragma: no cover - numba
-    o1 = vzero()
-    o2 = vzero()
-    o4 = vzero()
+    o1 = vfill(np.uint64(0))
+    o2 = vfill(np.uint64(0))
+    o4 = vfill(np.uint64(0))
     for q in range(np.uint64(0), np.uint64(idx.shape[0]), np.uint64(4)):
         a = vxor(vgather_masked(XT, idx, q), vload(flip, q))
         c = vand(o1, a)
