@@ -3,8 +3,8 @@ feasibility measurement for a word kernel vectorised across nodes, not used by t
 (``sliced._vwords`` puts four words of one node in a vector instead).
 
 numba's vectoriser leaves the bit-sliced word kernel scalar (BENCHMARKS.md, "Batch 1, what
-limited it"). The measurement: the Harley-Seal ones / twos / fours of 4 node lanes, each lane's tap words gathered
-from the same tap array (``XT[idx[q]] ^ flip[q]``, the word kernel's inner step), against the
+limited it"). The measurement: the Harley-Seal ones / twos / fours of 4 node lanes, each lane's
+tap words gathered from the same tap array (``XT[idx[q]] ^ flip[q]``, the word kernel's inner step), against the
 same taps one lane at a time; the gather either as four scalar loads into the vector or as
 ``llvm.masked.gather`` (vpgatherqq). Minimum wall time of many calls:
 
@@ -73,30 +73,15 @@ def vgather_masked(typingctx, arr, idx, q):
 
 
 @njit(cache=True)
-def lanes_loads(XT, idx, flip, out):  # pragma: no cover - numba
-    """4 lanes; lane l takes taps l, l+4, l+8, ...: ones / twos / fours counters."""
+def lanes(XT, idx, flip, out, masked):  # pragma: no cover - numba
+    """4 lanes; lane l takes taps l, l+4, l+8, ...: ones / twos / fours counters; the gather by
+    scalar loads or (``masked``) by llvm.masked.gather."""
     o1 = vfill(np.uint64(0))
     o2 = vfill(np.uint64(0))
     o4 = vfill(np.uint64(0))
     for q in range(np.uint64(0), np.uint64(idx.shape[0]), np.uint64(4)):
-        a = vxor(vgather_loads(XT, idx, q), vload(flip, q))
-        c = vand(o1, a)
-        o1 = vxor(o1, a)
-        d = vand(o2, c)
-        o2 = vxor(o2, c)
-        o4 = vxor(o4, d)
-    vstore(out, np.uint64(0), o1)
-    vstore(out, np.uint64(4), o2)
-    vstore(out, np.uint64(8), o4)
-
-
-@njit(cache=True)
-def lanes_masked(XT, idx, flip, out):  # pragma: no cover - numba
-    o1 = vfill(np.uint64(0))
-    o2 = vfill(np.uint64(0))
-    o4 = vfill(np.uint64(0))
-    for q in range(np.uint64(0), np.uint64(idx.shape[0]), np.uint64(4)):
-        a = vxor(vgather_masked(XT, idx, q), vload(flip, q))
+        x = vgather_masked(XT, idx, q) if masked else vgather_loads(XT, idx, q)
+        a = vxor(x, vload(flip, q))
         c = vand(o1, a)
         o1 = vxor(o1, a)
         d = vand(o2, c)
@@ -130,8 +115,11 @@ def main() -> None:
     XT = rng.integers(0, 2**63, n_words, dtype=np.uint64)
     idx = rng.integers(0, n_words, n_taps).astype(np.uint64)
     flip = rng.integers(0, 2, n_taps).astype(np.uint64) * np.uint64(2**64 - 1)
-    fs = {"4 lanes, scalar loads": lanes_loads, "4 lanes, masked.gather": lanes_masked}
-    fs["1 lane at a time"] = one_lane
+    fs = {
+        "4 lanes, scalar loads": lambda *a: lanes(*a, False),
+        "4 lanes, masked.gather": lambda *a: lanes(*a, True),
+        "1 lane at a time": one_lane,
+    }
     outs = {k: np.zeros(12, np.uint64) for k in fs}
     for k, f in fs.items():
         f(XT, idx, flip, outs[k])

@@ -964,6 +964,19 @@ def _add4_scalar(XT, ti, tflip, q, o1, o2):  # pragma: no cover - numba
     return c4, o1, o2
 
 
+@njit(cache=True, inline="always")
+def _tap_offsets(tap_c, tap_w, tap_b, ncol):  # pragma: no cover - numba
+    """Per tap k, where its shifted plane starts in the flat input planes (row tap_c[k] of
+    ``ncol`` words, word tap_w[k]) and its bit shift, both unsigned."""
+    K = tap_c.shape[0]
+    off = np.empty(K, np.uint64)
+    sb = np.empty(K, np.uint64)
+    for k in range(K):
+        off[k] = np.uint64(tap_c[k]) * np.uint64(ncol) + np.uint64(tap_w[k])
+        sb[k] = np.uint64(tap_b[k])
+    return off, sb
+
+
 @njit(cache=True)
 def _words(
     X, tap_c, tap_w, tap_b, order, depth, kind, ncomp, ptr, tidx, tflip, nbits, B,
@@ -975,13 +988,8 @@ def _words(
     K = tap_c.shape[0]
     cout = order.shape[0]
     nlev, lmax = _levels(depth, nbits)
-    ncol = np.uint64(X.shape[1])
     Xf = X.reshape(-1)
-    off = np.empty(K, np.uint64)
-    sb = np.empty(K, np.uint64)
-    for k in range(K):
-        off[k] = np.uint64(tap_c[k]) * ncol + np.uint64(tap_w[k])
-        sb[k] = np.uint64(tap_b[k])
+    off, sb = _tap_offsets(tap_c, tap_w, tap_b, X.shape[1])
     ti = tidx.astype(np.uint64)  # unsigned indices: no wrap-around checks per tap
     XT = np.empty(K, np.uint64)
     V = np.zeros((nlev, B), np.uint64)
@@ -1119,13 +1127,8 @@ def _vwords(
     K = tap_c.shape[0]
     cout = order.shape[0]
     nlev, lmax = _levels(depth, nbits)
-    ncol = np.uint64(X.shape[1])
     Xf = X.reshape(-1)
-    off = np.empty(K, np.uint64)
-    sb = np.empty(K, np.uint64)
-    for k in range(K):
-        off[k] = np.uint64(tap_c[k]) * ncol + np.uint64(tap_w[k])
-        sb[k] = np.uint64(tap_b[k])
+    off, sb = _tap_offsets(tap_c, tap_w, tap_b, X.shape[1])
     ti = tidx.astype(np.uint64)
     XT = np.zeros(4 * K, np.uint64)
     V = np.zeros(4 * nlev * B, np.uint64)  # plane b of level d: V[4 (d B + b) :][:4]
