@@ -5,8 +5,8 @@ kernel, alternating the variants in one process (min / median thread CPU time, m
   transposed to words (``MSTBackend._conv``, what the autotune compares against), the bit-sliced
   kernel alone (``run_layer`` with v planes), its v planes unpacked to integer sums by the
   plane-by-plane loop (``sliced._unpack_sums``, the reference) and by bit-matrix transposes
-  (``unpack_sums``), and the sums by the tile kernel's integer tree walk (``layer_sums``, what
-  mst runs);
+  (``unpack_sums``), and the sums by the integer tree walk (``layer_sums``, what mst runs: the
+  tile kernel's, or four words at a time on grids of <= ``VECTOR_WORDS`` words);
 - for a float stem read only through a folded BatchNorm: its packed words then ``words_to_planes``
   (before the sixth session) against ``FloatConv.bit_planes`` (the planes made directly).
 

@@ -451,3 +451,25 @@ def test_layer_sums_over_several_tiles(nthreads):
         assert grid_words(7, g.hp, g.wp) > 2 * sliced.TW
         sums = layer_sums(sched, pack_planes(x, g), nthreads=nthreads)
         np.testing.assert_array_equal(sums, _packed_sums(layer, x))
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 5), (1, 7, 7), (1, 14, 14), (1, 28, 28), (2, 30, 30)])
+def test_layer_sums_vector_walk(shape, monkeypatch):
+    """The integer tree walk four words at a time (grids of <= VECTOR_WORDS words: 1, 2, 5, 15
+    and 32 here) == XNOR-popcount == the tile walk, one- and two-byte counts, complement edges."""
+    import mstc.engine.sliced as sliced
+
+    n, h, w = shape
+    rng = np.random.default_rng(h)
+    for flip, cin in ((0.03, 24), (0.6, 40)):
+        layer = _layer(rng, cin, 20, (3, 3), (1, 1), (1, 1), 3, flip, 0.3)
+        x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+        sched = SlicedLayer(layer)
+        g = plane_geometry(layer, n, h, w)
+        assert grid_words(n, g.hp, g.wp) <= sliced.VECTOR_WORDS
+        planes = pack_planes(x, g)
+        want = _packed_sums(layer, x)
+        np.testing.assert_array_equal(layer_sums(sched, planes), want)
+        monkeypatch.setattr(sliced, "VECTOR_WORDS", 0)  # the tile walk on the same grid
+        np.testing.assert_array_equal(layer_sums(sched, planes), want)
+        monkeypatch.undo()

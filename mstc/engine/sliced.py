@@ -43,14 +43,11 @@ from mstc.format import BinaryLayerCode
 #: words (of 64 positions) per tile: long enough for the word loops to vectorise (AVX2/AVX-512),
 #: short enough for the tile's tap runs (K x TW words) to stay in L2
 TW = 64
-#: grids of at most this many words run :func:`_vwords` (four words per vector register, node by
-#: node) instead of the tile kernel, whose vector loops are mostly loop overhead on a few words:
-#: vgg_small's layers at batch 1 (2-15 words) and up to batch ~4; at 41 words both kernels took
-#: the same time (benchmarks/sliced_small.py times the kernels per layer)
+#: grids of at most this many words run :func:`_vwords` / :func:`_vsum_words` (four words per
+#: vector register, node by node) instead of the tile kernels, whose vector loops are mostly
+#: loop overhead on a few words: vgg_small's layers at batch 1 (2-15 words) and up to batch ~8;
+#: at 41 words both took the same time (benchmarks/sliced_small.py, benchmarks/chain_end.py)
 VECTOR_WORDS = 32
-#: :func:`layer_sums` on grids of at most this many words takes the v planes and unpacks them
-#: (the integer walk's per-node costs do not pay off on a few words)
-SMALL_WORDS = 8
 
 #: emit modes of a channel: constant 0, constant 1, v >= T, v <= T (as NOT v >= T+1)
 CONST0, CONST1, GE, LE = 0, 1, 2, 3
@@ -1115,6 +1112,59 @@ def _vadd4(XT, ti, tflip, q, o1, o2):  # pragma: no cover - numba
     return c4, o1, o2
 
 
+@njit(cache=True, inline="always")
+def _vcount(M, XT, ti, tflip, q0, q1, L):  # pragma: no cover - numba
+    """Planes 0..L-1 of M (plane l = M[4 l : 4 l + 4]) = the bit-sliced count of matches over
+    taps q0..q1-1 on four words (:func:`_words`' Harley-Seal blocks of 16, 4, then 1)."""
+    zero = vfill(np.uint64(0))
+    u4 = np.uint64(4)
+    for l in range(L + 1):
+        vstore(M, np.uint64(4 * l), zero)
+    q = np.uint64(q0)
+    q1 = np.uint64(q1)
+    o1 = zero
+    o2 = zero
+    o4 = zero
+    o8 = zero
+    while q + np.uint64(16) <= q1:  # Harley-Seal: ones/twos/fours/eights, ripple the 16s
+        fA, o1, o2 = _vadd4(XT, ti, tflip, q, o1, o2)
+        fB, o1, o2 = _vadd4(XT, ti, tflip, q + u4, o1, o2)
+        eA, o4 = _vcsa(o4, fA, fB)
+        fA, o1, o2 = _vadd4(XT, ti, tflip, q + np.uint64(8), o1, o2)
+        fB, o1, o2 = _vadd4(XT, ti, tflip, q + np.uint64(12), o1, o2)
+        eB, o4 = _vcsa(o4, fA, fB)
+        c16, o8 = _vcsa(o8, eA, eB)
+        _vripple(M, c16, 4, L)
+        q += np.uint64(16)
+    vstore(M, np.uint64(0), o1)
+    vstore(M, u4, o2)
+    vstore(M, np.uint64(8), o4)
+    vstore(M, np.uint64(12), o8)
+    while q + u4 <= q1:  # blocks of 4 into ones / twos, ripple the fours
+        c4, m0, m1 = _vadd4(XT, ti, tflip, q, vload(M, np.uint64(0)), vload(M, u4))
+        vstore(M, np.uint64(0), m0)
+        vstore(M, u4, m1)
+        _vripple(M, c4, 2, L)
+        q += u4
+    while q < q1:  # single taps: ripple from the ones
+        _vripple(M, _vtap(XT, ti, tflip, q), 0, L)
+        q += np.uint64(1)
+
+
+@njit(cache=True, inline="always")
+def _vtap_words(Xf, off, sb, i0, nw, XT):  # pragma: no cover - numba
+    """XT[4 k + lane] = tap k's word i0 + lane of the grid (0 for lanes >= nw)."""
+    one = np.uint64(1)
+    s63 = np.uint64(63)
+    for k in range(off.shape[0]):
+        for lane in range(4):
+            w = np.uint64(0)
+            if lane < nw:
+                a = off[k] + np.uint64(i0 + lane)
+                w = (Xf[a] >> sb[k]) | ((Xf[a + one] << one) << (s63 - sb[k]))
+            XT[4 * k + lane] = w
+
+
 @njit(cache=True)
 def _vwords(
     X, tap_c, tap_w, tap_b, order, depth, kind, ncomp, ptr, tidx, tflip, nbits, B,
@@ -1134,55 +1184,17 @@ def _vwords(
     V = np.zeros(4 * nlev * B, np.uint64)  # plane b of level d: V[4 (d B + b) :][:4]
     M = np.zeros(4 * (max(lmax, B) + 5), np.uint64)
     one = np.uint64(1)
-    u4 = np.uint64(4)
-    s63 = np.uint64(63)
     zero = vfill(np.uint64(0))
     ones = vfill(~np.uint64(0))
     want_bits = OB.shape[0] > 0
     want_planes = VS.shape[0] > 0
     for i0 in range(0, ow, 4):
         nw = min(4, ow - i0)
-        for k in range(K):  # the tap words at words i0..i0+3 (0 past the grid)
-            for lane in range(4):
-                w = np.uint64(0)
-                if lane < nw:
-                    a = off[k] + np.uint64(i0 + lane)
-                    w = (Xf[a] >> sb[k]) | ((Xf[a + one] << one) << (s63 - sb[k]))
-                XT[4 * k + lane] = w
+        _vtap_words(Xf, off, sb, i0, nw, XT)  # the tap words at words i0..i0+3
         for e in range(cout):
             j = order[e]
             L = nbits[e]
-            for l in range(L + 1):
-                vstore(M, np.uint64(4 * l), zero)
-            q = np.uint64(ptr[e])
-            q1 = np.uint64(ptr[e + 1])
-            o1 = zero
-            o2 = zero
-            o4 = zero
-            o8 = zero
-            while q + np.uint64(16) <= q1:  # Harley-Seal: ones/twos/fours/eights, ripple the 16s
-                fA, o1, o2 = _vadd4(XT, ti, tflip, q, o1, o2)
-                fB, o1, o2 = _vadd4(XT, ti, tflip, q + u4, o1, o2)
-                eA, o4 = _vcsa(o4, fA, fB)
-                fA, o1, o2 = _vadd4(XT, ti, tflip, q + np.uint64(8), o1, o2)
-                fB, o1, o2 = _vadd4(XT, ti, tflip, q + np.uint64(12), o1, o2)
-                eB, o4 = _vcsa(o4, fA, fB)
-                c16, o8 = _vcsa(o8, eA, eB)
-                _vripple(M, c16, 4, L)
-                q += np.uint64(16)
-            vstore(M, np.uint64(0), o1)
-            vstore(M, np.uint64(4), o2)
-            vstore(M, np.uint64(8), o4)
-            vstore(M, np.uint64(12), o8)
-            while q + u4 <= q1:  # blocks of 4 into ones / twos, ripple the fours
-                c4, m0, m1 = _vadd4(XT, ti, tflip, q, vload(M, np.uint64(0)), vload(M, u4))
-                vstore(M, np.uint64(0), m0)
-                vstore(M, u4, m1)
-                _vripple(M, c4, 2, L)
-                q += u4
-            while q < q1:  # single taps: ripple from the ones
-                _vripple(M, _vtap(XT, ti, tflip, q), 0, L)
-                q += one
+            _vcount(M, XT, ti, tflip, ptr[e], ptr[e + 1], L)
             dj = depth[e]
             kd = kind[e]
             T = etv[e]
@@ -1228,6 +1240,58 @@ def _vwords(
                     g = vxor(g, ones)
                 for lane in range(nw):
                     OB[j, i0 + lane] = vlane(g, np.uint64(lane))
+
+
+@njit(cache=True)
+def _vsum_words(
+    X, tap_c, tap_w, tap_b, order, depth, kind, ptr, tidx, tflip, nbits, n_taps,
+    ow, SO, kq, kdst, kt, HW,
+):  # fmt: skip  # pragma: no cover - numba
+    """:func:`_sum_tiles` four words at a time for grids of a few words: a node's count over
+    its taps in vector registers (:func:`_vcount`), transposed to bytes (:func:`_transpose8`),
+    then the same int16 tree step and output gather, over groups of 4 words (``kt`` per group:
+    :func:`sums_index` with ``tile_words=4``)."""
+    K = tap_c.shape[0]
+    cout = order.shape[0]
+    nlev, lmax = _levels(depth, nbits)
+    Xf = X.reshape(-1)
+    off, sb = _tap_offsets(tap_c, tap_w, tap_b, X.shape[1])
+    ti = tidx.astype(np.uint64)
+    XT = np.zeros(4 * K, np.uint64)
+    M = np.zeros(4 * (lmax + 9), np.uint64)
+    M2 = M.reshape(-1, 4)
+    TR = np.empty((4, 8), np.uint64)
+    TRH = np.zeros((4, 8), np.uint64)
+    lo = TR.view(np.uint8).reshape(256)
+    hi = TRH.view(np.uint8).reshape(256)
+    Y = np.empty((nlev, 256), np.int16)
+    for gi in range(-(-ow // 4)):
+        i0 = 4 * gi
+        nw = min(4, ow - i0)
+        _vtap_words(Xf, off, sb, i0, nw, XT)
+        nu = np.uint64(nw)
+        npos = nu * np.uint64(64)
+        base = np.uint64(i0) * np.uint64(64)
+        for e in range(cout):
+            j = order[e]
+            dj = depth[e]
+            L = nbits[e]
+            q0 = ptr[e]
+            q1 = ptr[e + 1]
+            _vcount(M, XT, ti, tflip, q0, q1, L)
+            _transpose8(M2, 0, L, nu, TR)
+            if L > 8:
+                _transpose8(M2, 8, L, nu, TRH)
+            y = Y[dj]
+            kd = kind[e]
+            if kd == 0:  # y = 2m - n
+                _tree_step(y, y, lo, hi, npos, 0, 2, -n_taps, L > 8)
+            else:  # y = +-y_parent + 4m - 2d
+                sign = -1 if kd == 2 else 1
+                _tree_step(y, Y[dj - 1], lo, hi, npos, sign, 4, -2 * (q1 - q0), L > 8)
+            joff = np.uint64(j * HW)
+            for k in range(np.uint64(kt[gi]), np.uint64(kt[gi + 1])):
+                SO[kdst[k] + joff] = np.int32(y[kq[k] - base])
 
 
 @njit(parallel=True, cache=True)
@@ -1311,20 +1375,20 @@ def _output_positions(n: int, hp: int, wp: int, ho: int, wo: int) -> np.ndarray:
 
 
 def sums_index(
-    n: int, hp: int, wp: int, ho: int, wo: int, cout: int
+    n: int, hp: int, wp: int, ho: int, wo: int, cout: int, tile_words: int = TW
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Where :func:`_sum_tiles` finds and puts each output k = (image, h, w) (row-major per
-    image): kq its index among the tiles' positions in transposed order (grid position q, t = q
-    % 64, at ``64 * (q // 64) + 8 * (t % 8) + t // 8``), kdst its index in the flat (N, Cout,
-    Ho, Wo) sums of channel 0, and kt[t] the first output of tile t (outputs lie in grid
-    order)."""
+    """Where :func:`_sum_tiles` (tiles of ``tile_words`` words; :func:`_vsum_words`: 4) finds
+    and puts each output k = (image, h, w) (row-major per image): kq its index among the tiles'
+    positions in transposed order (grid position q, t = q % 64, at ``64 * (q // 64) + 8 * (t %
+    8) + t // 8``), kdst its index in the flat (N, Cout, Ho, Wo) sums of channel 0, and kt[t]
+    the first output of tile t (outputs lie in grid order)."""
     q = _output_positions(n, hp, wp, ho, wo)
     t = q & 63
     kq = (q >> 6) * 64 + (t & 7) * 8 + (t >> 3)
     k = np.arange(n * ho * wo)
     kdst = (k // (ho * wo)) * cout * ho * wo + k % (ho * wo)
-    ntiles = -(-grid_words(n, hp, wp) // TW)
-    kt = np.searchsorted(q >> 6, np.arange(ntiles + 1) * TW).astype(np.int64)
+    ntiles = -(-grid_words(n, hp, wp) // tile_words)
+    kt = np.searchsorted(q >> 6, np.arange(ntiles + 1) * tile_words).astype(np.int64)
     return kq.astype(np.uint64), kdst.astype(np.uint64), kt
 
 
@@ -1336,29 +1400,33 @@ def layer_sums(
     pool: BufferPool | None = None,
 ) -> np.ndarray:
     """int32 sums (N, Cout, Ho, Wo) of one layer (lent by ``pool`` if given), the tree walked
-    in integers per tile (:func:`_sum_tiles`): no v planes, no unpacking. Grids of a few words,
-    and layers of 2^15 taps or more (the walk's rows are int16), take :func:`run_layer` then
-    :func:`unpack_sums`."""
+    in integers (:func:`_sum_tiles`; grids of at most ``VECTOR_WORDS`` words four words at a
+    time, :func:`_vsum_words`): no v planes, no unpacking. Layers of 2^15 taps or more (the
+    walk's rows are int16) take :func:`run_layer` then :func:`unpack_sums`."""
     g = planes.geometry
     ho, wo = output_hw(sched.layer, g)
     ow = grid_words(g.n, g.hp, g.wp)
-    if ow <= SMALL_WORDS or not ho * wo or sched.layer.n >= 1 << 15:
+    if not ho * wo or sched.layer.n >= 1 << 15:
         _, VS = run_layer(sched, planes, emit=None, want_planes=True, nthreads=nthreads, pool=pool)
         sums = unpack_sums(sched, VS, g, pool)
         if pool is not None:
             pool.give(VS)
         return sums
     cout = sched.layer.cout
-    key = ("tiles", g.n, g.hp, g.wp, ho, wo)
+    vector = ow <= VECTOR_WORDS
+    key = ("vector" if vector else "tiles", g.n, g.hp, g.wp, ho, wo)
     index = sched._indices.get(key)
     if index is None:
-        index = sched._indices[key] = sums_index(g.n, g.hp, g.wp, ho, wo, cout)
+        tile_words = 4 if vector else TW
+        index = sched._indices[key] = sums_index(g.n, g.hp, g.wp, ho, wo, cout, tile_words)
     sums = empty(pool, (g.n, cout, ho, wo), np.int32)
     args = (planes.bits, *_schedule_args(sched, g.wp), sched.ptr, sched.tap_idx, sched.tap_flip)
     args = (*args, sched.nbits, sched.layer.n, ow)
     out = (sums.reshape(-1), *index, ho * wo)
     ntiles = -(-ow // TW)
-    if nthreads > 1 and ntiles > 1:
+    if vector:
+        _vsum_words(*args, *out)
+    elif nthreads > 1 and ntiles > 1:
         _sum_tiles_par(*args, ntiles, min(ntiles, 4 * nthreads), *out)
     else:
         _sum_tiles(*args, 0, ntiles, *out)
