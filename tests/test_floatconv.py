@@ -293,3 +293,24 @@ def test_stem_as_bit_planes_for_fused_readers(monkeypatch):
         assert np.array_equal(_bits(ours.run(x)), _bits(want))
     assert len(made) == 2
     assert np.array_equal(_bits(ours.run(x, return_sums=True)[0]), _bits(want))
+
+
+@pytest.mark.parametrize("planes", [False, True])
+def test_bits_plan_times_what_the_readers_would_do(planes, monkeypatch):
+    """bits_plan's timing compares equal outputs: packed_bits against torch's conv packed into
+    words, or (fused readers' geometry) bit_planes against torch's conv packed into planes."""
+    rng = np.random.default_rng(5)
+    conv = FloatConv(rng.standard_normal((20, 1, 3, 3)).astype(np.float32), (1, 1), (1, 1))
+    x = _data(rng, (1, 1, 12, 12))
+    rule = _rule(rng, 20)
+    geometry = PlaneGeometry(1, 20, 12, 12, 1, 1, (14 * 14 + 63) // 64 + 2) if planes else None
+    timed = {}
+
+    def faster(ours, theirs, margin):
+        timed["ours"], timed["theirs"] = ours(), theirs()
+        return True
+
+    monkeypatch.setattr(floatconv, "_faster", faster)
+    assert floatconv.bits_plan(conv, x, rule, (1, 1), True, geometry) is not None
+    theirs = timed["theirs"].bits if planes else timed["theirs"]
+    assert timed["ours"].shape == theirs.shape and np.array_equal(timed["ours"], theirs)

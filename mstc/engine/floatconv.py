@@ -542,12 +542,32 @@ def _torch_packed(conv: FloatConv, x: np.ndarray, rule, padding: tuple[int, int]
     return packed_input(y.numpy(), padding, 1, rule)
 
 
+def _torch_planes(conv: FloatConv, x: np.ndarray, rule, geometry):
+    """What a fused mst conv reads without :meth:`FloatConv.bit_planes`: torch's conv output,
+    packed by the rule into the bit planes of ``geometry``."""
+    from mstc.engine.sliced import pack_planes  # the fused readers' float -> planes pass
+
+    with torch.no_grad():
+        y = F.conv2d(
+            torch.from_numpy(x), torch.from_numpy(conv.weight), None, conv.stride, conv.padding
+        )
+    return pack_planes(y.numpy(), geometry, rule)
+
+
 def bits_plan(
-    conv: FloatConv, x: np.ndarray, rule, padding: tuple[int, int], timed: bool = True
+    conv: FloatConv,
+    x: np.ndarray,
+    rule,
+    padding: tuple[int, int],
+    timed: bool = True,
+    geometry=None,
 ) -> tuple[str, tuple[np.ndarray, np.ndarray]] | None:
     """(tap order, compare) for :meth:`FloatConv.packed_bits` at the shape of ``x``: torch's
     order (:func:`torch_order`), the bits equal to packing torch's conv output by ``rule`` on a
-    probe, and (``timed``) faster than that on ``x``; else None."""
+    probe, and (``timed``) faster than that on ``x``; else None. With ``geometry`` (the
+    :class:`~mstc.engine.sliced.PlaneGeometry` of fused readers) the time is that of
+    :meth:`FloatConv.bit_planes` against torch's conv packed into those planes, what the
+    readers would do instead."""
     if not conv.packs_bits:
         return None
     order = torch_order(conv, tuple(x.shape))
@@ -558,10 +578,17 @@ def bits_plan(
     want = _torch_packed(conv, probe, rule, padding)
     if not np.array_equal(conv.packed_bits(probe, order, compare, padding), want):
         return None
-    if timed and not _faster(
-        lambda: conv.packed_bits(x, order, compare, padding),
-        lambda: _torch_packed(conv, x, rule, padding),
-        1.0,
-    ):
+
+    def ours():
+        if geometry is None:
+            return conv.packed_bits(x, order, compare, padding)
+        return conv.bit_planes(x, order, compare, padding, geometry.words)
+
+    def theirs():
+        if geometry is None:
+            return _torch_packed(conv, x, rule, padding)
+        return _torch_planes(conv, x, rule, geometry)
+
+    if timed and not _faster(ours, theirs, 1.0):
         return None
     return order, compare

@@ -892,22 +892,26 @@ class Runtime:
         (:func:`mstc.engine.floatconv.bits_plan`), else the float output (the readers then pack
         it themselves). Readers that are fusions of the plan (``planes_for``: one of them) get
         :class:`BitPlanes` from :meth:`FloatConv.bit_planes` instead, the same fma chains and
-        compare (the plan found for the words applies)."""
+        compare, timed against torch's conv packed into those planes (what they would do
+        instead)."""
         conv = self._float_conv(node)
         plan = None
+        g = None
         if conv is not None:
             timed = self.float_convs != "exact"
+            n, c, h, w = conv.output_shape(tuple(x.shape))
+            if planes_for is not None:
+                g = plane_geometry(planes_for, n, h, w)
 
             def make():
-                return bits_plan(conv, x.numpy(), rule, padding, timed)
+                return bits_plan(conv, x.numpy(), rule, padding, timed, g)
 
-            plan = self._float_plan(("bits", node.name), x, make)
+            plan = self._float_plan(("bits", node.name, g is not None), x, make)
         if plan is None:
             return self._conv2d(node, x)
         order, compare = plan
         n, c, h, w = conv.output_shape(tuple(x.shape))
-        if planes_for is not None:
-            g = plane_geometry(planes_for, n, h, w)
+        if g is not None:
             return BitPlanes(conv.bit_planes(x.numpy(), order, compare, padding, g.words), g)
         words = conv.packed_bits(x.numpy(), order, compare, padding, self.pool)
         return PackedBits(words, (n, c, h, w), padding)
