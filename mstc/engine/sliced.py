@@ -757,6 +757,28 @@ def _tree_step(y, yp, lo, hi, npos, sign, f, c, wide):  # pragma: no cover - num
             y[p] = s16 * yp[p] + f16 * np.int16(lo[p]) + c16
 
 
+@njit(cache=True, inline="always")
+def _walk_node(M, L, nw, TR, TRH, Y, dj, kd, d, n_taps, SO, kq, kdst, k0, k1, base, joff):  # fmt: skip  # pragma: no cover - numba
+    """One node of the integer tree walk, its count m in the planes M[:L, :nw]: transposed to
+    bytes (:func:`_transpose8`, twice for counts over 255), then y = 2m - n (root) or
+    +-y_parent + 4m - 2d (child / complement child over d taps) in the int16 row of its level
+    (Y[dj]), then outputs k0..k1-1 gathered from it into SO (channel offset ``joff``)."""
+    lo = TR.view(np.uint8).reshape(-1)
+    hi = TRH.view(np.uint8).reshape(-1)
+    npos = nw * np.uint64(64)
+    _transpose8(M, 0, L, nw, TR)
+    if L > 8:
+        _transpose8(M, 8, L, nw, TRH)
+    y = Y[dj]
+    if kd == 0:  # y = 2m - n
+        _tree_step(y, y, lo, hi, npos, 0, 2, -n_taps, L > 8)
+    else:  # y = +-y_parent + 4m - 2d
+        sign = -1 if kd == 2 else 1
+        _tree_step(y, Y[dj - 1], lo, hi, npos, sign, 4, -2 * d, L > 8)
+    for k in range(k0, k1):
+        SO[kdst[k] + joff] = np.int32(y[kq[k] - base])
+
+
 @njit(cache=True)
 def _sum_tiles(
     X, tap_c, tap_w, tap_b, order, depth, kind, ptr, tidx, tflip, nbits, n_taps,
@@ -777,14 +799,11 @@ def _sum_tiles(
     C4 = np.empty(TW, np.uint64)
     TR = np.empty((TW, 8), np.uint64)
     TRH = np.zeros((TW, 8), np.uint64)
-    lo = TR.view(np.uint8).reshape(TW * 64)
-    hi = TRH.view(np.uint8).reshape(TW * 64)
     Y = np.empty((nlev, TW * 64), np.int16)
     for t in range(t_begin, t_end):
         t0 = t * TW
         tw = min(TW, ow - t0)
         tu = np.uint64(tw)
-        npos = tu * np.uint64(64)
         _tap_runs(X, tap_c, tap_w, tap_b, t0, tu, XT)
         base = np.uint64(t0) * np.uint64(64)
         for e in range(cout):
@@ -794,19 +813,9 @@ def _sum_tiles(
             q0 = ptr[e]
             q1 = ptr[e + 1]
             _count_taps(M, C4, XT, tidx, tflip, q0, q1, L, tu)
-            _transpose8(M, 0, L, tu, TR)
-            if L > 8:
-                _transpose8(M, 8, L, tu, TRH)
-            y = Y[dj]
-            kd = kind[e]
-            if kd == 0:  # y = 2m - n
-                _tree_step(y, y, lo, hi, npos, 0, 2, -n_taps, L > 8)
-            else:  # y = +-y_parent + 4m - 2d
-                sign = -1 if kd == 2 else 1
-                _tree_step(y, Y[dj - 1], lo, hi, npos, sign, 4, -2 * (q1 - q0), L > 8)
-            joff = np.uint64(j * HW)
-            for k in range(np.uint64(kt[t]), np.uint64(kt[t + 1])):
-                SO[kdst[k] + joff] = np.int32(y[kq[k] - base])
+            k0, k1 = np.uint64(kt[t]), np.uint64(kt[t + 1])
+            _walk_node(M, L, tu, TR, TRH, Y, dj, kind[e], q1 - q0, n_taps, SO, kq, kdst, k0, k1,
+                       base, np.uint64(j * HW))  # fmt: skip
 
 
 @njit(parallel=True, cache=True)
@@ -1262,15 +1271,12 @@ def _vsum_words(
     M2 = M.reshape(-1, 4)
     TR = np.empty((4, 8), np.uint64)
     TRH = np.zeros((4, 8), np.uint64)
-    lo = TR.view(np.uint8).reshape(256)
-    hi = TRH.view(np.uint8).reshape(256)
     Y = np.empty((nlev, 256), np.int16)
     for gi in range(-(-ow // 4)):
         i0 = 4 * gi
         nw = min(4, ow - i0)
         _vtap_words(Xf, off, sb, i0, nw, XT)
         nu = np.uint64(nw)
-        npos = nu * np.uint64(64)
         base = np.uint64(i0) * np.uint64(64)
         for e in range(cout):
             j = order[e]
@@ -1279,19 +1285,9 @@ def _vsum_words(
             q0 = ptr[e]
             q1 = ptr[e + 1]
             _vcount(M, XT, ti, tflip, q0, q1, L)
-            _transpose8(M2, 0, L, nu, TR)
-            if L > 8:
-                _transpose8(M2, 8, L, nu, TRH)
-            y = Y[dj]
-            kd = kind[e]
-            if kd == 0:  # y = 2m - n
-                _tree_step(y, y, lo, hi, npos, 0, 2, -n_taps, L > 8)
-            else:  # y = +-y_parent + 4m - 2d
-                sign = -1 if kd == 2 else 1
-                _tree_step(y, Y[dj - 1], lo, hi, npos, sign, 4, -2 * (q1 - q0), L > 8)
-            joff = np.uint64(j * HW)
-            for k in range(np.uint64(kt[gi]), np.uint64(kt[gi + 1])):
-                SO[kdst[k] + joff] = np.int32(y[kq[k] - base])
+            k0, k1 = np.uint64(kt[gi]), np.uint64(kt[gi + 1])
+            _walk_node(M2, L, nu, TR, TRH, Y, dj, kind[e], q1 - q0, n_taps, SO, kq, kdst, k0, k1,
+                       base, np.uint64(j * HW))  # fmt: skip
 
 
 @njit(parallel=True, cache=True)
