@@ -895,22 +895,19 @@ class Runtime:
         compare, timed against torch's conv packed into those planes (what they would do
         instead)."""
         conv = self._float_conv(node)
-        plan = None
-        g = None
-        if conv is not None:
-            timed = self.float_convs != "exact"
-            n, c, h, w = conv.output_shape(tuple(x.shape))
-            if planes_for is not None:
-                g = plane_geometry(planes_for, n, h, w)
+        if conv is None:
+            return self._conv2d(node, x)
+        n, c, h, w = conv.output_shape(tuple(x.shape))
+        g = plane_geometry(planes_for, n, h, w) if planes_for is not None else None
+        timed = self.float_convs != "exact"
 
-            def make():
-                return bits_plan(conv, x.numpy(), rule, padding, timed, g)
+        def make():
+            return bits_plan(conv, x.numpy(), rule, padding, timed, g)
 
-            plan = self._float_plan(("bits", node.name, g is not None), x, make)
+        plan = self._float_plan(("bits", node.name, g is not None), x, make)
         if plan is None:
             return self._conv2d(node, x)
         order, compare = plan
-        n, c, h, w = conv.output_shape(tuple(x.shape))
         if g is not None:
             return BitPlanes(conv.bit_planes(x.numpy(), order, compare, padding, g.words), g)
         words = conv.packed_bits(x.numpy(), order, compare, padding, self.pool)

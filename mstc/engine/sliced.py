@@ -758,7 +758,9 @@ def _tree_step(y, yp, lo, hi, npos, sign, f, c, wide):  # pragma: no cover - num
 
 
 @njit(cache=True, inline="always")
-def _walk_node(M, L, nw, TR, TRH, Y, dj, kd, d, n_taps, SO, kq, kdst, k0, k1, base, joff):  # fmt: skip  # pragma: no cover - numba
+def _walk_node(
+    M, L, nw, TR, TRH, Y, dj, kd, d, n_taps, SO, kq, kdst, k0, k1, base, joff,
+):  # fmt: skip  # pragma: no cover - numba
     """One node of the integer tree walk, its count m in the planes M[:L, :nw]: transposed to
     bytes (:func:`_transpose8`, twice for counts over 255), then y = 2m - n (root) or
     +-y_parent + 4m - 2d (child / complement child over d taps) in the int16 row of its level
@@ -1191,7 +1193,7 @@ def _vwords(
     ti = tidx.astype(np.uint64)
     XT = np.zeros(4 * K, np.uint64)
     V = np.zeros(4 * nlev * B, np.uint64)  # plane b of level d: V[4 (d B + b) :][:4]
-    M = np.zeros(4 * (max(lmax, B) + 5), np.uint64)
+    M = np.zeros(4 * max(lmax + 1, 4), np.uint64)  # _vcount: L + 1 planes, counters in 0..3
     one = np.uint64(1)
     zero = vfill(np.uint64(0))
     ones = vfill(~np.uint64(0))
@@ -1267,7 +1269,7 @@ def _vsum_words(
     off, sb = _tap_offsets(tap_c, tap_w, tap_b, X.shape[1])
     ti = tidx.astype(np.uint64)
     XT = np.zeros(4 * K, np.uint64)
-    M = np.zeros(4 * (lmax + 9), np.uint64)
+    M = np.zeros(4 * max(lmax + 1, 4), np.uint64)  # _vcount: L + 1 planes, counters in 0..3
     M2 = M.reshape(-1, 4)
     TR = np.empty((4, 8), np.uint64)
     TRH = np.zeros((4, 8), np.uint64)
