@@ -196,13 +196,13 @@ def describe_plan(rt, active) -> str:
 
 
 def _chosen_kernel(chosen: dict, name: str, fused: bool = True) -> str:
-    """The kernel a backend settled on for a layer: the bit-plane kernel ("sliced" or the integer
-    one behind "int") where the layer was fused or fed planes (and the runtime runs the fused
-    plan), else "delta" / "xnor"."""
+    """The kernel a backend settled on for a layer: the bit-plane kernel ("sliced", "walk16", or
+    the integer one behind "int") where the layer was fused or fed planes (and the runtime runs
+    the fused plan), else "delta" / "xnor"."""
     plane = next((v for k, v in chosen.items() if k[0] == name and len(k) == 3), None)
     plain = next((v for k, v in chosen.items() if k[0] == name and len(k) == 2), "xnor")
-    if fused and plane == "sliced":
-        return "sliced"
+    if fused and plane in ("sliced", "walk16"):
+        return plane
     return plain
 
 

@@ -307,7 +307,7 @@ def test_autotune(monkeypatch):
         _, sums = rt.run(x, return_sums=True)
         for k in ref:
             np.testing.assert_array_equal(sums[k], ref[k])
-    assert set(rt.backend.kernels.values()) <= {"delta", "xnor", "sliced", "int"}
+    assert set(rt.backend.kernels.values()) <= {"delta", "xnor", "sliced", "int", "walk16"}
     assert rt.backend.kernels and rt.fusions
 
 

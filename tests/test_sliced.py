@@ -284,7 +284,7 @@ def _vgg(seed: int, *, invert: float = 0.2) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("backend,kernel", [("mst", None), ("mst", "sliced"), ("mst", "int"),
-                                            ("sliced-dense", None)])  # fmt: skip
+                                            ("mst", "walk16"), ("sliced-dense", None)])  # fmt: skip
 def test_fused_runtime_exact(backend, kernel):
     """Fused chains: logits identical to the reference runtime, sums identical, 4 fusions."""
     cm = mstc.compress(_vgg(1), complement=True, input_shape=(3, 16, 16))
@@ -300,8 +300,8 @@ def test_fused_runtime_exact(backend, kernel):
         np.testing.assert_array_equal(sums[k], ref_sums[k])
     np.testing.assert_array_equal(logits, ref_logits)
     np.testing.assert_array_equal(rt.run(x), ref_logits)  # without sums: bits only in between
-    if kernel == "sliced":
-        assert {v for k, v in rt.backend.kernels.items() if len(k) == 3} == {"sliced"}
+    if kernel in ("sliced", "walk16"):
+        assert {v for k, v in rt.backend.kernels.items() if len(k) == 3} == {kernel}
 
 
 def test_fold_matches_float_path_on_every_sum():
@@ -344,7 +344,7 @@ def test_trained_checkpoint_fused_exact():
     cm = mstc.load(TRAINED)
     x = np.random.default_rng(7).standard_normal((4, *cm.input_shape)).astype(np.float32)
     ref_logits, ref_sums = Runtime(cm, "reference").run(x, return_sums=True)
-    for kernel in ("sliced", None):
+    for kernel in ("sliced", "walk16", None):
         rt = Runtime(cm, "mst")
         rt.backend.plane_kernel = kernel
         assert len(rt.fusions) == 4

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from mstc.engine import walk16
 from mstc.engine.backend import Backend, fastest, register_backend
 from mstc.engine.buffers import empty
 from mstc.engine.fold import CONST1, GE, LE, PackedBits, RuledInput
@@ -44,6 +45,7 @@ from mstc.engine.packed import (
     xnor_layer,
 )
 from mstc.engine.sliced import (
+    VECTOR_WORDS,
     BitPlanes,
     FusedStep,
     PlaneGeometry,
@@ -66,6 +68,12 @@ from mstc.format import BinaryLayerCode
 
 #: a child whose difference list is longer than this fraction of n is computed densely
 DENSE_THRESHOLD = 0.08
+#: kernels of fused layers and of layers fed bit planes: bit-sliced, XNOR / int16 delta on
+#: transposed planes, the int16 walk in vector lanes (grids of at most WALK_WORDS words)
+PLANE_KERNELS = ("sliced", "int", "walk16")
+#: grids of at most this many words of positions try the int16 walk: it costs ~1 cycle per tap
+#: and 64 positions, against the bit-sliced kernel's ~2 per tap and 256 positions
+WALK_WORDS = VECTOR_WORDS
 #: target bytes of one tile's int16 sums (and int8 im2col where one is built), kept in L2
 TILE_BYTES = 256 * 1024
 
@@ -405,7 +413,7 @@ class MSTBackend(Backend):
     folds_inputs = True
     #: bit-sliced kernel along the trees (False: every channel a root, the dense ablation)
     sliced_tree = True
-    #: kernel of fused layers and of layers fed bit planes: "sliced", "int" or None (autotune)
+    #: kernel of fused layers and of layers fed bit planes: one of PLANE_KERNELS or None (autotune)
     plane_kernel: str | None = None
     #: fuse only layers whose tree saves at least this factor of XNORs: the bit-sliced kernel
     #: costs about as much as XNOR-popcount per tap, so it pays off on regularized layers only
@@ -427,12 +435,16 @@ class MSTBackend(Backend):
         if autotune is not None:
             self.autotune = autotune
         if plane_kernel is not None:
-            if plane_kernel not in ("sliced", "int"):
-                raise ValueError(f"plane_kernel must be 'sliced' or 'int', got {plane_kernel!r}")
+            if plane_kernel not in PLANE_KERNELS:
+                raise ValueError(
+                    f"plane_kernel must be one of {PLANE_KERNELS}, got {plane_kernel!r}"
+                )
             self.plane_kernel = plane_kernel
         self._sliced_cache: dict[str, SlicedLayer] = {}
         self._emit_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self._steps: dict[tuple, FusedStep] = {}  # prepared fused layers per input geometry
+        self._steps: dict[tuple, object] = {}  # prepared fused layers / walks per input geometry
+        #: (layer, input shape, pool, consumer) -> the chosen prepared step, for planes inputs
+        self._ready: dict[tuple, object] = {}
         self.schedules = {
             name: LayerSchedule(layer, dense_threshold) for name, layer in compressed.layers.items()
         }
@@ -567,18 +579,26 @@ class MSTBackend(Backend):
             return words_to_planes(x.words, g)
         return pack_planes(x, g)
 
-    def _choose(self, key, run_sliced, run_int) -> str:
-        """The plane kernel for ``key``: fixed, or timed once (both are exact). Each timed call
-        gives its arrays back to the pool, as a pass does: without, every call allocated fresh
-        (page-faulting) memory, unlike the pass the choice is for."""
+    def _choose(self, key, candidates: dict) -> str:
+        """The plane kernel for ``key`` among ``candidates`` (name -> callable): fixed, or timed
+        once (all are exact). Each timed call gives its arrays back to the pool, as a pass does:
+        without, every call allocated fresh (page-faulting) memory, unlike the pass the choice
+        is for. A fixed ``plane_kernel`` that does not apply here ("walk16" on a large grid)
+        falls back to "sliced"."""
         kernel = self.kernels.get(key)
         if kernel is None:
-            kernel = self.plane_kernel or fastest(
-                {"sliced": self._recycled(run_sliced), "int": self._recycled(run_int)},
-                _set_threads(self.threads),
-            )
+            if self.plane_kernel is not None:
+                kernel = self.plane_kernel if self.plane_kernel in candidates else "sliced"
+            else:
+                timed = {name: self._recycled(run) for name, run in candidates.items()}
+                kernel = fastest(timed, _set_threads(self.threads))
             self.kernels[key] = kernel
         return kernel
+
+    def _walks(self, layer: BinaryLayerCode, g: PlaneGeometry) -> bool:
+        """Whether the int16 walk (:mod:`mstc.engine.walk16`) is a candidate: exact for the
+        layer, and a grid of a few words (where it beats the bit-sliced kernels)."""
+        return walk16.fits(self._sliced(layer)) and grid_words(g.n, g.hp, g.wp) <= WALK_WORDS
 
     def _recycled(self, run):
         """``run``, giving the arrays it returns (alone or in a tuple) back to the pool."""
@@ -604,37 +624,70 @@ class MSTBackend(Backend):
     ) -> tuple[BitPlanes, np.ndarray | None]:
         """Binary conv with BN + sign folded into ``rule`` (and an optional 2x2 max pool): the
         next layer's input planes, plus the integer sums if ``want_sums``."""
+        ready = self._ready.get((layer.name, x.shape, pool, consumer.name))
+        if ready is not None and not want_sums and type(x) is BitPlanes:
+            return ready(x), None  # the chosen step, prepared (batch 1: Python costs ~4 us)
         shape = tuple(x.shape)
-        key = (layer.name, "fused", tuple(shape))
+        key = (layer.name, "fused", shape)
+        runs = {
+            "sliced": lambda: self._fused_sliced(layer, x, rule, pool, consumer, want_sums),
+            "int": lambda: self._fused_int(layer, x, rule, pool, consumer, want_sums),
+        }
+        g = (
+            x.geometry
+            if isinstance(x, BitPlanes)
+            else plane_geometry(layer, *shape[:1], *shape[2:])
+        )
+        if self._walks(layer, g):
+            runs["walk16"] = lambda: self._fused_walk(layer, x, rule, pool, consumer, want_sums)
+        kernel = self._choose(key, runs)
+        if kernel != "int" and type(x) is BitPlanes:
+            step = self._step_for(kernel, layer, g, rule, pool, consumer)
+            self._ready[(layer.name, x.shape, pool, consumer.name)] = step
+        return runs[kernel]()
 
-        def sliced():
-            return self._fused_sliced(layer, x, rule, pool, consumer, want_sums)
+    def _step_for(self, kernel: str, layer, g: PlaneGeometry, rule, pool: bool, consumer):
+        """The prepared fused layer (:class:`FusedStep` or :class:`walk16.FusedWalk`) at input
+        geometry ``g``, made once."""
+        nthreads = _set_threads(self.threads)
+        key = (layer.name, g, pool, consumer.name, nthreads, kernel)
+        step = self._steps.get(key)
+        if step is None:
+            st = self._sliced(layer)
+            ho, wo = output_hw(layer, g)
+            h2, w2 = (ho // 2, wo // 2) if pool else (ho, wo)
+            nxt = plane_geometry(consumer, g.n, h2, w2)
+            if kernel == "walk16":
+                step = walk16.FusedWalk(st, g, rule, pool, nxt, nthreads)
+            else:
+                step = FusedStep(st, g, self._emit_rule(layer, rule), pool, nxt, nthreads)
+            self._steps[key] = step
+        return step
 
-        def integer():
-            return self._fused_int(layer, x, rule, pool, consumer, want_sums)
-
-        return sliced() if self._choose(key, sliced, integer) == "sliced" else integer()
+    def _emit_rule(self, layer, rule):
+        emit = self._emit_cache.get(layer.name)
+        if emit is None:
+            emit = self._emit_cache[layer.name] = self._sliced(layer).emit_rule(*rule)
+        return emit
 
     def _fused_sliced(self, layer, x, rule, pool, consumer, want_sums):
         planes = self._as_planes(layer, x)
-        nthreads = _set_threads(self.threads)
         g = planes.geometry
-        key = (layer.name, g, pool, consumer.name, nthreads)
-        step = self._steps.get(key) if not want_sums else None
-        if step is not None:
+        step = self._step_for("sliced", layer, g, rule, pool, consumer)
+        if not want_sums:
             return step(planes), None
         st = self._sliced(layer)
-        emit = self._emit_cache.get(layer.name)
-        if emit is None:
-            emit = self._emit_cache[layer.name] = st.emit_rule(*rule)
-        ho, wo = output_hw(layer, g)
-        h2, w2 = (ho // 2, wo // 2) if pool else (ho, wo)
-        nxt = plane_geometry(consumer, g.n, h2, w2)
+        nthreads = _set_threads(self.threads)
+        OB, VS = run_layer(st, planes, emit=self._emit_rule(layer, rule), want_planes=True,
+                           nthreads=nthreads)  # fmt: skip
+        return emit_planes(st, OB, g, pool, step.next_geometry), unpack_sums(st, VS, g)
+
+    def _fused_walk(self, layer, x, rule, pool, consumer, want_sums):
+        planes = self._as_planes(layer, x)
+        step = self._step_for("walk16", layer, planes.geometry, rule, pool, consumer)
         if not want_sums:
-            step = self._steps[key] = FusedStep(st, g, emit, pool, nxt, nthreads)
             return step(planes), None
-        OB, VS = run_layer(st, planes, emit=emit, want_planes=True, nthreads=nthreads)
-        return emit_planes(st, OB, g, pool, nxt), unpack_sums(st, VS, g)
+        return step.with_sums(planes, self.pool)
 
     def _fused_int(self, layer, x, rule, pool, consumer, want_sums):
         s = self._conv(layer, x if isinstance(x, BitPlanes) else check_input(layer, x))
@@ -647,23 +700,39 @@ class MSTBackend(Backend):
             self.pool.give(s)
         return out, None
 
+    def _walk_for(self, layer: BinaryLayerCode, g: PlaneGeometry) -> walk16.Walk16:
+        nthreads = _set_threads(self.threads)
+        key = (layer.name, g, nthreads, "walk16 sums")
+        walk = self._steps.get(key)
+        if walk is None:
+            walk = self._steps[key] = walk16.Walk16(self._sliced(layer), g, None, nthreads)
+        return walk
+
+    def _walk_sums(self, layer: BinaryLayerCode, x: BitPlanes) -> np.ndarray:
+        return self._walk_for(layer, x.geometry)(x, sums=True, pool=self.pool)
+
     def _planes_sums(self, layer: BinaryLayerCode, x: BitPlanes) -> np.ndarray:
         nthreads = _set_threads(self.threads)
         return layer_sums(self._sliced(layer), x, nthreads=nthreads, pool=self.pool)
 
     def conv2d(self, layer: BinaryLayerCode, x) -> np.ndarray:
+        ready = self._ready.get((layer.name, x.shape))
+        if ready is not None and type(x) is BitPlanes:
+            return ready(x, sums=True, pool=self.pool)
         if isinstance(x, BitPlanes):
             if not sliceable(layer):
                 raise ValueError(f"layer {layer.name}: cannot consume bit planes")
             key = (layer.name, "planes", x.shape)
-
-            def sliced():
-                return self._planes_sums(layer, x)
-
-            def integer():
-                return self._conv(layer, x)
-
-            return sliced() if self._choose(key, sliced, integer) == "sliced" else integer()
+            runs = {
+                "sliced": lambda: self._planes_sums(layer, x),
+                "int": lambda: self._conv(layer, x),
+            }
+            if self._walks(layer, x.geometry):
+                runs["walk16"] = lambda: self._walk_sums(layer, x)
+            kernel = self._choose(key, runs)
+            if kernel == "walk16":
+                self._ready[(layer.name, x.shape)] = self._walk_for(layer, x.geometry)
+            return runs[kernel]()
         return self._conv(layer, check_input(layer, x))
 
     def linear(self, layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
