@@ -135,7 +135,7 @@ def test_walk_equals_xnor_and_rule(
     planes = pack_planes(x, g)
     rule = _rule(rng, layer)
     walk = walk16.Walk16(sched, g, rule, nthreads)
-    OB = np.zeros((cout, walk.nchunks + 1), np.uint64)
+    OB = np.zeros((cout, walk.columns), np.uint64)
     np.testing.assert_array_equal(walk(planes, OB, sums=True), want)
     np.testing.assert_array_equal(walk16.walk_sums_ref(sched, planes), want)
     bits = np.moveaxis(apply_rule(rule, np.moveaxis((want + layer.n) // 2, 1, -1)), -1, 1)
@@ -194,9 +194,9 @@ def test_bad_arguments():
     walk = walk16.Walk16(sched, g, _rule(rng, layer))
     x = rng.standard_normal((1, 4, 6, 6)).astype(np.float32)
     with pytest.raises(ValueError, match="emitted bits"):
-        walk(pack_planes(x, g), np.zeros((5, walk.nchunks - 1 or 0), np.uint64))
+        walk(pack_planes(x, g), np.zeros((5, walk.columns - 1), np.uint64))
     with pytest.raises(ValueError, match="emitted bits"):
-        walk(pack_planes(x, g), np.zeros((4, walk.nchunks + 1), np.uint64))
+        walk(pack_planes(x, g), np.zeros((4, walk.columns), np.uint64))
     g2 = plane_geometry(layer, 1, 7, 6)
     with pytest.raises(ValueError, match="not this walk's"):
         walk(pack_planes(rng.standard_normal((1, 4, 7, 6)).astype(np.float32), g2), sums=True)

@@ -79,11 +79,20 @@ def chunks(sched: SlicedLayer, g: PlaneGeometry) -> int:
     return (((g.n - 1) * g.hp + ho - 1) * g.wp + wo - 1) // 64 + 1
 
 
+def span(sched: SlicedLayer, g: PlaneGeometry) -> int:
+    """Positions per node visit: 64, or 128 (two chunks: half the per-node work per position)
+    on grids of two chunks or more."""
+    return 128 if chunks(sched, g) >= 2 else 64
+
+
 def _row_length(sched: SlicedLayer, g: PlaneGeometry) -> int:
-    """Elements of one expanded row: every chunk's 64 positions plus the largest tap shift."""
+    """Elements of one expanded row: every unit's positions (a last odd chunk computed as a
+    pair too) plus the largest tap shift."""
     tw, tb = sched.tap_shifts(g.wp)
     smax = int((tw * 64 + tb).max()) if len(tw) else 0
-    return 64 * (chunks(sched, g) + -(-smax // 64))
+    sp = span(sched, g)
+    units = -(-chunks(sched, g) * 64 // sp)
+    return units * sp + 64 * -(-smax // 64)
 
 
 def signed_taps(sched: SlicedLayer, g: PlaneGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -191,11 +200,89 @@ def _walk(
                             SO[dst + i] = Y[src + i]
 
 
+@njit(cache=True, inline="always")
+def _tap_sum2(A, toff, t, t1, q0, acc, acd, add):  # pragma: no cover - numba
+    """:func:`_tap_sum` on two chunks at once (q0 and q0 + 64): two accumulators per tap."""
+    s64 = np.uint64(64)
+    while t < t1:
+        tb = min(t + np.uint64(127), t1)
+        a8 = bzero()
+        b8 = bzero()
+        for u in range(t, tb):
+            o = toff[u] + q0
+            a8 = badd(a8, bload(A, o))
+            b8 = badd(b8, bload(A, o + s64))
+        if add:
+            acc = hadd(acc, widen(a8))
+            acd = hadd(acd, widen(b8))
+        else:
+            acc = hsub(acc, widen(a8))
+            acd = hsub(acd, widen(b8))
+        t = tb
+    return acc, acd
+
+
+@njit(cache=True)
+def _walk2(
+    A, toff, order, depth, kind, ptr, mid, ethr, eflip, c0, c1, OB, SO, slane, sdst, slen, kt,
+    HW, Y,
+):  # fmt: skip  # pragma: no cover - numba
+    """:func:`_walk` over units [c0, c1) of two chunks (128 positions): per node visit both
+    chunks' sums (OB words 2c and 2c + 1; segment lanes 0..127 of the unit). Y: 128 lanes per
+    depth (+ 8)."""
+    cout = order.shape[0]
+    want_bits = OB.shape[0] > 0
+    want_sums = SO.shape[0] > 0
+    zero = hfill(0)
+    s64 = np.uint64(64)
+    s128 = np.uint64(128)
+    for ci in range(c0, c1):
+        q0 = s128 * np.uint64(ci)
+        for e in range(cout):
+            t0 = np.uint64(ptr[e])
+            tm = np.uint64(mid[e])
+            acc, acd = _tap_sum2(A, toff, t0, tm, q0, zero, zero, True)
+            acc, acd = _tap_sum2(A, toff, tm, np.uint64(ptr[e + 1]), q0, acc, acd, False)
+            d = np.uint64(depth[e])
+            kd = kind[e]
+            yb = d * s128
+            if kd == 0:
+                y0, y1 = acc, acd
+            else:
+                pb = yb - s128
+                p0 = hload(Y, pb)
+                p1 = hload(Y, pb + s64)
+                if kd == 1:
+                    y0 = hadd(p0, hadd(acc, acc))
+                    y1 = hadd(p1, hadd(acd, acd))
+                else:
+                    y0 = hsub(hadd(acc, acc), p0)
+                    y1 = hsub(hadd(acd, acd), p1)
+            hstore(Y, yb, y0)
+            hstore(Y, yb + s64, y1)
+            j = order[e]
+            if want_bits:
+                th = hfill(ethr[e])
+                OB[j, 2 * ci] = hge(y0, th) ^ eflip[e]
+                OB[j, 2 * ci + 1] = hge(y1, th) ^ eflip[e]
+            if want_sums:
+                base = np.uint64(j * HW)
+                for k in range(kt[ci], kt[ci + 1]):
+                    dst = sdst[k] + base
+                    src = yb + slane[k]
+                    ln = slen[k]
+                    if ln > 8:
+                        widen_store8(SO, dst, Y, src)
+                    else:
+                        for i in range(ln):
+                            SO[dst + i] = Y[src + i]
+
+
 #: header of the int64 ``meta`` array of :func:`_run`: input channels, expanded words per row,
-#: row length, Cout, Ho * Wo, chunks, schedule taps, output segments; then order, depth, kind,
-#: ptr (Cout + 1), mid (Cout) and kt (chunks + 1). ``u64``: tap offsets, emit flips, and the
-#: segments' lanes, flat indices and lengths.
-_HEAD = 8
+#: row length, Cout, Ho * Wo, units (chunks or pairs), schedule taps, output segments, span;
+#: then order, depth, kind, ptr (Cout + 1), mid (Cout) and kt (units + 1). ``u64``: tap
+#: offsets, emit flips, and the segments' lanes, flat indices and lengths.
+_HEAD = 9
 
 
 @njit(cache=True, inline="always")
@@ -235,8 +322,12 @@ def _run(bits, A, Y, meta, u64, ethr, OB, SO):  # pragma: no cover - numba
     ~0.1 us, a tenth of a small layer's walk)."""
     _expand(bits, meta[0], meta[1], meta[2], A)
     order, depth, kind, ptr, mid, kt, toff, eflip, slane, sdst, slen = _unpack(meta, u64)
-    _walk(A, toff, order, depth, kind, ptr, mid, ethr, eflip, 0, meta[5], OB, SO, slane, sdst,
-          slen, kt, meta[4], Y[0])  # fmt: skip
+    if meta[8] == 128:
+        _walk2(A, toff, order, depth, kind, ptr, mid, ethr, eflip, 0, meta[5], OB, SO, slane,
+               sdst, slen, kt, meta[4], Y[0])  # fmt: skip
+    else:
+        _walk(A, toff, order, depth, kind, ptr, mid, ethr, eflip, 0, meta[5], OB, SO, slane,
+              sdst, slen, kt, meta[4], Y[0])  # fmt: skip
 
 
 @njit(cache=True)
@@ -264,8 +355,14 @@ def _run_par(bits, A, Y, meta, u64, ethr, OB, SO):  # pragma: no cover - numba
     nchunks = meta[5]
     nparts = Y.shape[0]
     for p in prange(nparts):
-        _walk(A, toff, order, depth, kind, ptr, mid, ethr, eflip, p * nchunks // nparts,
-              (p + 1) * nchunks // nparts, OB, SO, slane, sdst, slen, kt, meta[4], Y[p])  # fmt: skip
+        c0 = p * nchunks // nparts
+        c1 = (p + 1) * nchunks // nparts
+        if meta[8] == 128:
+            _walk2(A, toff, order, depth, kind, ptr, mid, ethr, eflip, c0, c1, OB, SO, slane,
+                   sdst, slen, kt, meta[4], Y[p])  # fmt: skip
+        else:
+            _walk(A, toff, order, depth, kind, ptr, mid, ethr, eflip, c0, c1, OB, SO, slane,
+                  sdst, slen, kt, meta[4], Y[p])  # fmt: skip
 
 
 @njit(cache=True)
@@ -297,18 +394,19 @@ def _walk_ref(
 
 
 def output_segments(
-    g: PlaneGeometry, ho: int, wo: int, cout: int, nchunks: int
+    g: PlaneGeometry, ho: int, wo: int, cout: int, nunits: int, sp: int = 64
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The outputs as runs of up to 8 of one row within one chunk: (first lane, flat index in
-    the (N, Cout, Ho, Wo) sums of channel 0, length) of each, and kt[chunk] the first run of
-    each chunk. A run of n < 8 may be stored as 8 outputs (length n + 8) where the extra ones
-    are later outputs of the same image and channel in the same chunk: the walk writes them
-    again, in order, in the same node and worker."""
+    """The outputs as runs of up to 8 of one row within one unit of ``sp`` positions: (first
+    lane, flat index in the (N, Cout, Ho, Wo) sums of channel 0, length) of each, and kt[unit]
+    the first run of each unit. A run of n < 8 may be stored as 8 outputs (length n + 8) where
+    the extra ones are later outputs of the same image and channel in the same unit: the walk
+    writes them again, in order, in the same node and worker."""
+    sh = sp.bit_length() - 1
     img, h, w0 = np.meshgrid(np.arange(g.n), np.arange(ho), np.arange(0, wo, 8), indexing="ij")
     img, h, w0 = img.reshape(-1), h.reshape(-1), w0.reshape(-1)
     q0 = (img * g.hp + h) * g.wp + w0
     ln = np.minimum(8, wo - w0)
-    cut = 64 - (q0 & 63)  # a run crossing into the next chunk is split there
+    cut = sp - (q0 & (sp - 1))  # a run crossing into the next unit is split there
     parts = [(q0, w0, np.minimum(ln, cut)), (q0 + cut, w0 + cut, ln - cut)]
     q, w, n = (np.concatenate(v) for v in zip(*parts, strict=True))
     img, h = np.concatenate([img, img]), np.concatenate([h, h])
@@ -318,19 +416,20 @@ def output_segments(
     q, w, n, img, h = q[order], w[order], n[order], img[order], h[order]
     k7 = h * wo + w + 7  # the 8th output from the run's first, within the image and channel
     q7 = (img * g.hp + k7 // wo) * g.wp + k7 % wo
-    wide = (k7 < ho * wo) & ((q7 >> 6) == (q >> 6))
+    wide = (k7 < ho * wo) & ((q7 >> sh) == (q >> sh))
     dst = img * cout * ho * wo + h * wo + w
-    kt = np.searchsorted(q >> 6, np.arange(nchunks + 1)).astype(np.int64)
+    kt = np.searchsorted(q >> sh, np.arange(nunits + 1)).astype(np.int64)
     u = np.uint64
-    return (q & 63).astype(u), dst.astype(u), (n + 8 * wide).astype(u), kt
+    return (q & (sp - 1)).astype(u), dst.astype(u), (n + 8 * wide).astype(u), kt
 
 
 class Walk16:
     """One layer at one input geometry, prepared: tap offsets, output index maps, scratch.
 
     ``__call__(planes, OB, sums=...)`` runs the walk: the emitted bits of the rule the walk was
-    prepared with into ``OB`` (Cout, >= chunks; words of chunks past the last output are not
-    written), and, with ``sums``, returns the int32 sums (N, Cout, Ho, Wo)."""
+    prepared with into ``OB`` (Cout, >= ``columns``; words past the last output's chunk, other
+    than a last odd chunk's pair, are not written), and, with ``sums``, returns the int32 sums
+    (N, Cout, Ho, Wo)."""
 
     def __init__(
         self,
@@ -353,18 +452,21 @@ class Walk16:
         else:
             ethr, eflip = emit_thresholds(sched, rule)
         self.ethr = ethr
-        slane, sdst, slen, kt = output_segments(g, self.ho, self.wo, cout, self.nchunks)
+        sp = span(sched, g)
+        units = -(-self.nchunks * 64 // sp)
+        self.columns = units * sp // 64  # OB words written (a last odd chunk's pair too)
+        slane, sdst, slen, kt = output_segments(g, self.ho, self.wo, cout, units, sp)
         toff, ptr, mid = signed_taps(sched, g)
-        head = [g.c, length // 64, length, cout, self.ho * self.wo, self.nchunks, len(toff)]
-        head.append(len(slane))
+        head = [g.c, length // 64, length, cout, self.ho * self.wo, units, len(toff)]
+        head += [len(slane), sp]
         self.meta = np.concatenate(
             [np.asarray(head, np.int64), sched.order, sched.depth, sched.kind, ptr, mid, kt]
         ).astype(np.int64)  # fmt: skip
         self.u64 = np.concatenate([toff, eflip, slane, sdst, slen]).astype(np.uint64)
-        nparts = max(1, min(nthreads, self.nchunks))
+        nparts = max(1, min(nthreads, units))
         self._kernel = _run_par if nparts > 1 else _run
         nlev = int(sched.depth.max()) + 1 if cout else 1
-        self.Y = np.zeros((nparts, 64 * nlev + 8), np.int16)  # + 8: widen_store8 reads
+        self.Y = np.zeros((nparts, sp * nlev + 8), np.int16)  # + 8: widen_store8 reads
         self.A = np.zeros(g.c * length, np.int8)
         self._no_bits = np.zeros((0, 1), np.uint64)
         self._no_sums = np.zeros(0, np.int32)
@@ -379,9 +481,9 @@ class Walk16:
         cout = self.sched.layer.cout
         if OB is None:
             OB = self._no_bits
-        elif OB.shape[0] != cout or OB.shape[1] < self.nchunks or OB.dtype != np.uint64:
+        elif OB.shape[0] != cout or OB.shape[1] < self.columns or OB.dtype != np.uint64:
             raise ValueError(f"emitted bits {OB.shape} {OB.dtype}: need uint64 ({cout}, >= "
-                             f"{self.nchunks})")  # fmt: skip
+                             f"{self.columns})")  # fmt: skip
         out = empty(pool, (g.n, cout, self.ho, self.wo), np.int32) if sums else None
         if self.nchunks and cout:
             SO = out.reshape(-1) if sums else self._no_sums
