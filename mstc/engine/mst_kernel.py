@@ -45,7 +45,6 @@ from mstc.engine.packed import (
     xnor_layer,
 )
 from mstc.engine.sliced import (
-    VECTOR_WORDS,
     BitPlanes,
     FusedStep,
     PlaneGeometry,
@@ -69,11 +68,14 @@ from mstc.format import BinaryLayerCode
 #: a child whose difference list is longer than this fraction of n is computed densely
 DENSE_THRESHOLD = 0.08
 #: kernels of fused layers and of layers fed bit planes: bit-sliced, XNOR / int16 delta on
-#: transposed planes, the int16 walk in vector lanes (grids of at most WALK_WORDS words)
+#: transposed planes, the int16 walk in vector lanes (inputs of at most WALK_BYTES expanded)
 PLANE_KERNELS = ("sliced", "int", "walk16")
-#: grids of at most this many words of positions try the int16 walk: it costs ~1 cycle per tap
-#: and 64 positions, against the bit-sliced kernel's ~2 per tap and 256 positions
-WALK_WORDS = VECTOR_WORDS
+#: the int16 walk is a candidate where its input, one byte per position and channel, takes at
+#: most this much (8x the bit planes); the autotune then times it against the others. It wins
+#: on short grids (batch 1: per node it costs ~50 cycles, the bit-sliced kernels' compare and
+#: planes more) and on chain ends (sums straight from int16 lanes), and loses on fused layers
+#: of wide grids (~1.4x slower at batch 32: benchmarks/walk16.py)
+WALK_BYTES = 8 << 20
 #: target bytes of one tile's int16 sums (and int8 im2col where one is built), kept in L2
 TILE_BYTES = 256 * 1024
 
@@ -597,8 +599,8 @@ class MSTBackend(Backend):
 
     def _walks(self, layer: BinaryLayerCode, g: PlaneGeometry) -> bool:
         """Whether the int16 walk (:mod:`mstc.engine.walk16`) is a candidate: exact for the
-        layer, and a grid of a few words (where it beats the bit-sliced kernels)."""
-        return walk16.fits(self._sliced(layer)) and grid_words(g.n, g.hp, g.wp) <= WALK_WORDS
+        layer, and its expanded input at most ``WALK_BYTES``."""
+        return walk16.fits(self._sliced(layer)) and g.c * g.words * 64 <= WALK_BYTES
 
     def _recycled(self, run):
         """``run``, giving the arrays it returns (alone or in a tuple) back to the pool."""
