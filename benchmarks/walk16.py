@@ -14,25 +14,15 @@ layer, alternating the variants in one process (min / median thread CPU time, us
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
+from chain_end import _alternate  # the benchmarks' directory is the script's: on sys.path
 
 import mstc
 from mstc.engine import Runtime
 from mstc.engine.sliced import BitPlanes, layer_sums
 from mstc.engine.walk16 import Walk16, chunks
-
-
-def _alternate(fs: dict, reps: int) -> dict[str, tuple[float, float]]:
-    times: dict[str, list[int]] = {k: [] for k in fs}
-    for _ in range(reps):
-        for k, f in fs.items():
-            t0 = time.thread_time_ns()
-            f()
-            times[k].append(time.thread_time_ns() - t0)
-    return {k: (min(v) / 1e3, float(np.median(v)) / 1e3) for k, v in times.items()}
 
 
 def main() -> None:
@@ -94,8 +84,8 @@ def main() -> None:
 
 def _print(title: str, res: dict[str, tuple[float, float]]) -> None:
     print(title)
-    for k, (lo, med) in res.items():
-        print(f"  {k:<28} {lo:8.1f} / {med:8.1f}")
+    for k, (lo, med) in res.items():  # ms -> us
+        print(f"  {k:<28} {1e3 * lo:8.1f} / {1e3 * med:8.1f}")
 
 
 if __name__ == "__main__":

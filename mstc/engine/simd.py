@@ -21,25 +21,90 @@ from numba import types
 from numba.extending import intrinsic, models, register_model
 
 _I1 = ir.IntType(1)
+_I8 = ir.IntType(8)
+_I16 = ir.IntType(16)
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 _VT = ir.VectorType(_I64, 4)
+_HT = ir.VectorType(_I16, 64)
+_BT = ir.VectorType(_I8, 64)
 
 
-class U64x4(types.Type):
-    """Four uint64 lanes in one LLVM vector."""
+def _vector_type(name: str, cls_name: str, vt: ir.VectorType, doc: str) -> types.Type:
+    """A numba type whose values are the LLVM vector ``vt`` (kept in registers); its class is
+    a module global ``cls_name`` (numba's cache pickles types by reference)."""
 
     def __init__(self) -> None:
-        super().__init__(name="u64x4")
+        types.Type.__init__(self, name=name)
+
+    cls = type(cls_name, (types.Type,), {"__doc__": doc, "__init__": __init__})
+    cls.__module__ = __name__
+    globals()[cls_name] = cls
+
+    @register_model(cls)
+    class _Model(models.PrimitiveModel):
+        def __init__(self, dmm, fe_type) -> None:
+            super().__init__(dmm, fe_type, vt)
+
+    return cls()
 
 
-u64x4 = U64x4()
+def _binop(vtype: types.Type, name: str, doc: str):
+    """Lane-wise ``builder.<name>`` of two vectors of ``vtype``."""
+
+    @intrinsic
+    def op(typingctx, a, b):
+        def codegen(context, builder, sig, args):
+            return getattr(builder, name)(args[0], args[1])
+
+        return vtype(vtype, vtype), codegen
+
+    op.__doc__ = doc
+    return op
 
 
-@register_model(U64x4)
-class _U64x4Model(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type) -> None:
-        super().__init__(dmm, fe_type, _VT)
+def _load(vtype: types.Type, vt: ir.VectorType, align: int, doc: str):
+    """``arr[i ..]`` of a contiguous 1-D array as one vector of ``vtype``."""
+
+    @intrinsic
+    def load(typingctx, arr, i):
+        def codegen(context, builder, sig, args):
+            a = context.make_array(sig.args[0])(context, builder, args[0])
+            p = builder.bitcast(builder.gep(a.data, [args[1]]), vt.as_pointer())
+            return builder.load(p, align=align)
+
+        return vtype(arr, types.uint64), codegen
+
+    load.__doc__ = doc
+    return load
+
+
+def _store(vtype: types.Type, vt: ir.VectorType, align: int, doc: str):
+    """``arr[i ..] = v`` for a vector ``v`` of ``vtype``."""
+
+    @intrinsic
+    def store(typingctx, arr, i, v):
+        def codegen(context, builder, sig, args):
+            a = context.make_array(sig.args[0])(context, builder, args[0])
+            p = builder.bitcast(builder.gep(a.data, [args[1]]), vt.as_pointer())
+            builder.store(args[2], p, align=align)
+            return context.get_dummy_value()
+
+        return types.none(arr, types.uint64, vtype), codegen
+
+    store.__doc__ = doc
+    return store
+
+
+def _splat(builder, vt: ir.VectorType, x):
+    v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(_I32, 0))
+    mask = ir.Constant(ir.VectorType(_I32, vt.count), [0] * vt.count)
+    return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), mask)
+
+
+# ---------------------------------------------------------------------------------- 4 x uint64
+
+u64x4 = _vector_type("u64x4", "U64x4", _VT, "Four uint64 lanes in one LLVM vector.")
 
 
 @intrinsic
@@ -47,52 +112,18 @@ def vfill(typingctx, x):
     """All four lanes = the uint64 ``x``."""
 
     def codegen(context, builder, sig, args):
-        v = builder.insert_element(ir.Constant(_VT, ir.Undefined), args[0], ir.Constant(_I32, 0))
-        zeros = ir.Constant(ir.VectorType(_I32, 4), [0, 0, 0, 0])
-        return builder.shuffle_vector(v, ir.Constant(_VT, ir.Undefined), zeros)
+        return _splat(builder, _VT, args[0])
 
     return u64x4(types.uint64), codegen
 
 
-def _binop(name: str):
-    @intrinsic
-    def op(typingctx, a, b):
-        def codegen(context, builder, sig, args):
-            return getattr(builder, name)(args[0], args[1])
-
-        return u64x4(u64x4, u64x4), codegen
-
-    return op
-
-
-vxor = _binop("xor")
-vand = _binop("and_")
-vor = _binop("or_")
-
-
-@intrinsic
-def vload(typingctx, arr, i):
-    """(arr[i], arr[i+1], arr[i+2], arr[i+3]) of a contiguous 1-D uint64 array."""
-
-    def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[0])(context, builder, args[0])
-        p = builder.bitcast(builder.gep(a.data, [args[1]]), _VT.as_pointer())
-        return builder.load(p, align=8)
-
-    return u64x4(arr, types.uint64), codegen
-
-
-@intrinsic
-def vstore(typingctx, arr, i, v):
-    """arr[i .. i+3] = the lanes of ``v``."""
-
-    def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[0])(context, builder, args[0])
-        p = builder.bitcast(builder.gep(a.data, [args[1]]), _VT.as_pointer())
-        builder.store(args[2], p, align=8)
-        return context.get_dummy_value()
-
-    return types.none(arr, types.uint64, u64x4), codegen
+vxor = _binop(u64x4, "xor", "Lane-wise a XOR b.")
+vand = _binop(u64x4, "and_", "Lane-wise a AND b.")
+vor = _binop(u64x4, "or_", "Lane-wise a OR b.")
+vload = _load(
+    u64x4, _VT, 8, "(arr[i], arr[i+1], arr[i+2], arr[i+3]) of a contiguous 1-D uint64 array."
+)
+vstore = _store(u64x4, _VT, 8, "arr[i .. i+3] = the lanes of ``v``.")
 
 
 @intrinsic
@@ -116,33 +147,9 @@ def vany(typingctx, v):
     return types.boolean(u64x4), codegen
 
 
-# ------------------------------------------------------------------------------- 64 x int16
+# ---------------------------------------------------------------------------------- 64 x int16
 
-_I16 = ir.IntType(16)
-_HT = ir.VectorType(_I16, 64)
-
-
-class I16x64(types.Type):
-    """64 int16 lanes in one LLVM vector."""
-
-    def __init__(self) -> None:
-        super().__init__(name="i16x64")
-
-
-i16x64 = I16x64()
-
-
-@register_model(I16x64)
-class _I16x64Model(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type) -> None:
-        super().__init__(dmm, fe_type, _HT)
-
-
-def _splat16(builder, x):
-    v = builder.insert_element(ir.Constant(_HT, ir.Undefined), x, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(
-        v, ir.Constant(_HT, ir.Undefined), ir.Constant(ir.VectorType(_I32, 64), [0] * 64)
-    )
+i16x64 = _vector_type("i16x64", "I16x64", _HT, "64 int16 lanes in one LLVM vector.")
 
 
 @intrinsic
@@ -150,49 +157,15 @@ def hfill(typingctx, x):
     """All 64 lanes = the integer ``x`` (truncated to int16)."""
 
     def codegen(context, builder, sig, args):
-        return _splat16(builder, builder.trunc(args[0], _I16))
+        return _splat(builder, _HT, builder.trunc(args[0], _I16))
 
     return i16x64(types.int64), codegen
 
 
-def _hbinop(name: str):
-    @intrinsic
-    def op(typingctx, a, b):
-        def codegen(context, builder, sig, args):
-            return getattr(builder, name)(args[0], args[1])
-
-        return i16x64(i16x64, i16x64), codegen
-
-    return op
-
-
-hadd = _hbinop("add")
-hsub = _hbinop("sub")
-
-
-@intrinsic
-def hload(typingctx, arr, i):
-    """arr[i .. i+63] of a contiguous 1-D int16 array."""
-
-    def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[0])(context, builder, args[0])
-        p = builder.bitcast(builder.gep(a.data, [args[1]]), _HT.as_pointer())
-        return builder.load(p, align=2)
-
-    return i16x64(arr, types.uint64), codegen
-
-
-@intrinsic
-def hstore(typingctx, arr, i, v):
-    """arr[i .. i+63] = the lanes of ``v``."""
-
-    def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[0])(context, builder, args[0])
-        p = builder.bitcast(builder.gep(a.data, [args[1]]), _HT.as_pointer())
-        builder.store(args[2], p, align=2)
-        return context.get_dummy_value()
-
-    return types.none(arr, types.uint64, i16x64), codegen
+hadd = _binop(i16x64, "add", "Lane-wise a + b, wrapping.")
+hsub = _binop(i16x64, "sub", "Lane-wise a - b, wrapping.")
+hload = _load(i16x64, _HT, 2, "arr[i .. i+63] of a contiguous 1-D int16 array.")
+hstore = _store(i16x64, _HT, 2, "arr[i .. i+63] = the lanes of ``v``.")
 
 
 @intrinsic
@@ -217,26 +190,9 @@ def hge(typingctx, v, t):
     return types.uint64(i16x64, i16x64), codegen
 
 
-# -------------------------------------------------------------------------------- 64 x int8
+# ----------------------------------------------------------------------------------- 64 x int8
 
-_I8 = ir.IntType(8)
-_BT = ir.VectorType(_I8, 64)
-
-
-class I8x64(types.Type):
-    """64 int8 lanes in one LLVM vector."""
-
-    def __init__(self) -> None:
-        super().__init__(name="i8x64")
-
-
-i8x64 = I8x64()
-
-
-@register_model(I8x64)
-class _I8x64Model(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type) -> None:
-        super().__init__(dmm, fe_type, _BT)
+i8x64 = _vector_type("i8x64", "I8x64", _BT, "64 int8 lanes in one LLVM vector.")
 
 
 @intrinsic
@@ -249,39 +205,9 @@ def bzero(typingctx):
     return i8x64(), codegen
 
 
-@intrinsic
-def badd(typingctx, a, b):
-    """Lane-wise a + b, wrapping."""
-
-    def codegen(context, builder, sig, args):
-        return builder.add(args[0], args[1])
-
-    return i8x64(i8x64, i8x64), codegen
-
-
-@intrinsic
-def bload(typingctx, arr, i):
-    """arr[i .. i+63] of a contiguous 1-D int8 array."""
-
-    def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[0])(context, builder, args[0])
-        p = builder.bitcast(builder.gep(a.data, [args[1]]), _BT.as_pointer())
-        return builder.load(p, align=1)
-
-    return i8x64(arr, types.uint64), codegen
-
-
-@intrinsic
-def bstore(typingctx, arr, i, v):
-    """arr[i .. i+63] = the lanes of ``v``."""
-
-    def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[0])(context, builder, args[0])
-        p = builder.bitcast(builder.gep(a.data, [args[1]]), _BT.as_pointer())
-        builder.store(args[2], p, align=1)
-        return context.get_dummy_value()
-
-    return types.none(arr, types.uint64, i8x64), codegen
+badd = _binop(i8x64, "add", "Lane-wise a + b, wrapping.")
+bload = _load(i8x64, _BT, 1, "arr[i .. i+63] of a contiguous 1-D int8 array.")
+bstore = _store(i8x64, _BT, 1, "arr[i .. i+63] = the lanes of ``v``.")
 
 
 @intrinsic

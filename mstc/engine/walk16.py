@@ -152,6 +152,22 @@ def _tap_sum(A, toff, t, t1, q0, acc, add):  # pragma: no cover - numba
     return acc
 
 
+@njit(cache=True, inline="always")
+def _store_sums(SO, base, Y, yb, slane, sdst, slen, k0, k1):  # pragma: no cover - numba
+    """A node's sums from its lanes at Y[yb ..] into SO[base + ..] by the output runs k0 .. k1
+    (:func:`output_segments`): 8 lanes stored where the extra ones are rewritten later by this
+    node, else one by one."""
+    for k in range(k0, k1):
+        dst = sdst[k] + base
+        src = yb + slane[k]
+        ln = slen[k]
+        if ln > 8:
+            widen_store8(SO, dst, Y, src)
+        else:
+            for i in range(ln):
+                SO[dst + i] = Y[src + i]
+
+
 @njit(cache=True)
 def _walk(
     A, toff, order, depth, kind, ptr, mid, ethr, eflip, c0, c1, OB, SO, slane, sdst, slen, kt,
@@ -188,16 +204,7 @@ def _walk(
             if want_bits:
                 OB[j, ci] = hge(y, hfill(ethr[e])) ^ eflip[e]
             if want_sums:
-                base = np.uint64(j * HW)
-                for k in range(kt[ci], kt[ci + 1]):
-                    dst = sdst[k] + base
-                    src = yb + slane[k]
-                    ln = slen[k]
-                    if ln > 8:  # 8 lanes stored, the extra ones rewritten later by this node
-                        widen_store8(SO, dst, Y, src)
-                    else:
-                        for i in range(ln):
-                            SO[dst + i] = Y[src + i]
+                _store_sums(SO, np.uint64(j * HW), Y, yb, slane, sdst, slen, kt[ci], kt[ci + 1])
 
 
 @njit(cache=True, inline="always")
@@ -266,16 +273,7 @@ def _walk2(
                 OB[j, 2 * ci] = hge(y0, th) ^ eflip[e]
                 OB[j, 2 * ci + 1] = hge(y1, th) ^ eflip[e]
             if want_sums:
-                base = np.uint64(j * HW)
-                for k in range(kt[ci], kt[ci + 1]):
-                    dst = sdst[k] + base
-                    src = yb + slane[k]
-                    ln = slen[k]
-                    if ln > 8:
-                        widen_store8(SO, dst, Y, src)
-                    else:
-                        for i in range(ln):
-                            SO[dst + i] = Y[src + i]
+                _store_sums(SO, np.uint64(j * HW), Y, yb, slane, sdst, slen, kt[ci], kt[ci + 1])
 
 
 #: header of the int64 ``meta`` array of :func:`_run`: input channels, expanded words per row,
