@@ -302,6 +302,11 @@ def test_fused_runtime_exact(backend, kernel):
     np.testing.assert_array_equal(rt.run(x), ref_logits)  # without sums: bits only in between
     if kernel in ("sliced", "walk16"):
         assert {v for k, v in rt.backend.kernels.items() if len(k) == 3} == {kernel}
+    # only the chosen kernels' prepared steps stay (the others' scratch goes after tuning)
+    chosen = {k[0]: v for k, v in rt.backend.kernels.items() if len(k) == 3}
+    for key in rt.backend._steps:
+        want = "walk16" if key[-1] == "walk16 sums" else key[-1]
+        assert chosen[key[0]] == want, (key, chosen[key[0]])
 
 
 def test_fold_matches_float_path_on_every_sum():

@@ -642,7 +642,12 @@ class MSTBackend(Backend):
         )
         if self._walks(layer, g):
             runs["walk16"] = lambda: self._fused_walk(layer, x, rule, pool, consumer, want_sums)
+        tuned = key not in self.kernels
         kernel = self._choose(key, runs)
+        if tuned:  # the prepared steps of the kernels not chosen (scratch of up to 8 MiB) go
+            nthreads = _set_threads(self.threads)
+            for other in {"sliced", "walk16"} - {kernel}:
+                self._steps.pop((layer.name, g, pool, consumer.name, nthreads, other), None)
         if kernel != "int" and type(x) is BitPlanes:
             step = self._step_for(kernel, layer, g, rule, pool, consumer)
             self._ready[(layer.name, x.shape, pool, consumer.name)] = step
@@ -731,9 +736,13 @@ class MSTBackend(Backend):
             }
             if self._walks(layer, x.geometry):
                 runs["walk16"] = lambda: self._walk_sums(layer, x)
+            tuned = key not in self.kernels
             kernel = self._choose(key, runs)
             if kernel == "walk16":
                 self._ready[(layer.name, x.shape)] = self._walk_for(layer, x.geometry)
+            elif tuned:  # the walk's scratch goes
+                nthreads = _set_threads(self.threads)
+                self._steps.pop((layer.name, x.geometry, nthreads, "walk16 sums"), None)
             return runs[kernel]()
         return self._conv(layer, check_input(layer, x))
 
