@@ -12,7 +12,8 @@ import numba
 
 # numba's OpenMP threading layer shares libgomp with torch: each parallel kernel launch sets the
 # process's OpenMP thread count, which changes torch's (and with it the order of torch's float
-# sums). The other layers keep their own pools (workqueue is always built). An explicit NUMBA_THREADING_LAYER is respected.
+# sums). The other layers keep their own pools (workqueue is always built). An explicit
+# NUMBA_THREADING_LAYER(_PRIORITY) is respected.
 if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
     numba.config.THREADING_LAYER_PRIORITY = ["tbb", "workqueue", "omp"]
 

@@ -626,9 +626,10 @@ class MSTBackend(Backend):
     ) -> tuple[BitPlanes, np.ndarray | None]:
         """Binary conv with BN + sign folded into ``rule`` (and an optional 2x2 max pool): the
         next layer's input planes, plus the integer sums if ``want_sums``."""
-        ready = self._ready.get((layer.name, x.shape, pool, consumer.name))
-        if ready is not None and not want_sums and type(x) is BitPlanes:
-            return ready(x), None  # the chosen step, prepared (batch 1: Python costs ~4 us)
+        if type(x) is BitPlanes and not want_sums:
+            ready = self._ready.get((layer.name, x.shape, pool, consumer.name))
+            if ready is not None:
+                return ready(x), None  # the chosen step, prepared (batch 1: Python costs ~4 us)
         shape = tuple(x.shape)
         key = (layer.name, "fused", shape)
         runs = {
@@ -723,10 +724,10 @@ class MSTBackend(Backend):
         return layer_sums(self._sliced(layer), x, nthreads=nthreads, pool=self.pool)
 
     def conv2d(self, layer: BinaryLayerCode, x) -> np.ndarray:
-        ready = self._ready.get((layer.name, x.shape))
-        if ready is not None and type(x) is BitPlanes:
-            return ready(x, sums=True, pool=self.pool)
         if isinstance(x, BitPlanes):
+            ready = self._ready.get((layer.name, x.shape))
+            if ready is not None:
+                return ready(x, sums=True, pool=self.pool)
             if not sliceable(layer):
                 raise ValueError(f"layer {layer.name}: cannot consume bit planes")
             key = (layer.name, "planes", x.shape)

@@ -4,11 +4,12 @@ batch 1: two words of positions per plane).
 
 Layout. The input bit planes (:mod:`mstc.engine.sliced`, the padded grid, position
 q = (image * Hp + h) * Wp + w) are expanded once to int8 rows: row c holds a_c(q) = +-1 (bit 1 ->
-+1, padding -1), row C + c holds -a_c(q). Output position q of a stride-1 conv reads tap
-k = (ci, ky, kx) at q + s_k with s_k = ky*dh*Wp + kx*dw, so for a chunk of 64 positions starting
-at q0 tap k is the 64 lanes of row ci (w_k = +1) or C + ci (w_k = -1) from q0 + s_k: one
-``i8x64`` load (:mod:`mstc.engine.simd`; two AVX2 registers), and a tap costs one vector add;
-up to 127 taps are summed in int8, then added to the node's int16 lanes.
++1, padding -1). Output position q of a stride-1 conv reads tap k = (ci, ky, kx) at q + s_k with
+s_k = ky*dh*Wp + kx*dw, so for a chunk of 64 positions starting at q0 tap k is the 64 lanes of
+row ci from q0 + s_k: one ``i8x64`` load (:mod:`mstc.engine.simd`; two AVX2 registers), and a
+tap costs one vector add. A node's taps with w_k = +1 come first and are added, those with
+w_k = -1 subtracted; up to 127 taps are summed in int8, then widened into the node's int16
+lanes. Grids of two chunks or more take two chunks per node visit.
 
 Walk (method.md section 2; y = XNOR sums in +-1, the reference backend's integers), in DFS
 preorder with the last node of each depth kept:
@@ -20,10 +21,11 @@ preorder with the last node of each depth kept:
 Exact in int16 for n <= 16383 (|y| <= n; partial sums of a node stay within 2n). Fused layers
 emit bits u >= t (u = (y + n) / 2 agreeing taps; :mod:`mstc.engine.fold`) as y >= 2t - n, one
 vector compare per node and chunk, into the same emitted-bits words as the bit-sliced kernel, so
-:func:`mstc.engine.sliced.emit_planes` places them; chain ends gather y into int32 sums.
+the same emitters (:func:`mstc.engine.sliced.emit_any`) place them; chain ends store y in runs
+of up to 8 outputs into int32 sums (:func:`output_segments`).
 
-Reference: :func:`_walk_ref` (plain loops over positions) is tested equal, and both equal the
-reference backend.
+Reference: :func:`_walk_ref` (plain loops over positions); both are tested equal to
+XNOR-popcount (the packed backend).
 """
 
 from __future__ import annotations
@@ -95,11 +97,12 @@ def _row_length(sched: SlicedLayer, g: PlaneGeometry) -> int:
     return units * sp + 64 * -(-smax // 64)
 
 
-def signed_taps(sched: SlicedLayer, g: PlaneGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every node's taps as offsets ci * L + s_k in the expanded rows (uint64), those of
+def signed_taps(
+    sched: SlicedLayer, g: PlaneGeometry, length: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every node's taps as offsets ci * length + s_k in the expanded rows (uint64), those of
     w = +1 first: (offsets, ptr, mid) with node e's taps at ptr[e] .. ptr[e + 1] and its w = -1
     taps from mid[e]."""
-    length = _row_length(sched, g)
     tw, tb = sched.tap_shifts(g.wp)
     k = sched.tap_idx.astype(np.int64)
     off = sched._tap_c[k].astype(np.int64) * length + tw[k] * 64 + tb[k]
@@ -314,18 +317,24 @@ def _unpack(meta, u64):  # pragma: no cover - numba
     )
 
 
-@njit(cache=True)
-def _run(bits, A, Y, meta, u64, ethr, OB, SO):  # pragma: no cover - numba
-    """Expand the planes, then walk every chunk (one call: numba's per-argument unboxing is
-    ~0.1 us, a tenth of a small layer's walk)."""
-    _expand(bits, meta[0], meta[1], meta[2], A)
+@njit(cache=True, inline="always")
+def _walk_units(A, meta, u64, ethr, OB, SO, c0, c1, Y):  # pragma: no cover - numba
+    """Units [c0, c1) by :func:`_walk2` (span 128) or :func:`_walk` (64), Y their scratch."""
     order, depth, kind, ptr, mid, kt, toff, eflip, slane, sdst, slen = _unpack(meta, u64)
     if meta[8] == 128:
-        _walk2(A, toff, order, depth, kind, ptr, mid, ethr, eflip, 0, meta[5], OB, SO, slane,
-               sdst, slen, kt, meta[4], Y[0])  # fmt: skip
+        _walk2(A, toff, order, depth, kind, ptr, mid, ethr, eflip, c0, c1, OB, SO, slane, sdst,
+               slen, kt, meta[4], Y)  # fmt: skip
     else:
-        _walk(A, toff, order, depth, kind, ptr, mid, ethr, eflip, 0, meta[5], OB, SO, slane,
-              sdst, slen, kt, meta[4], Y[0])  # fmt: skip
+        _walk(A, toff, order, depth, kind, ptr, mid, ethr, eflip, c0, c1, OB, SO, slane, sdst,
+              slen, kt, meta[4], Y)  # fmt: skip
+
+
+@njit(cache=True)
+def _run(bits, A, Y, meta, u64, ethr, OB, SO):  # pragma: no cover - numba
+    """Expand the planes, then walk every unit (one call: numba's per-argument unboxing is
+    ~0.1 us, a tenth of a small layer's walk)."""
+    _expand(bits, meta[0], meta[1], meta[2], A)
+    _walk_units(A, meta, u64, ethr, OB, SO, 0, meta[5], Y[0])
 
 
 @njit(cache=True)
@@ -349,20 +358,13 @@ def _run_emit_par(
 
 @njit(parallel=True, cache=True)
 def _run_par(bits, A, Y, meta, u64, ethr, OB, SO):  # pragma: no cover - numba
-    """:func:`_run` with the chunks split over ``Y.shape[0]`` workers."""
+    """:func:`_run` with the units split over ``Y.shape[0]`` workers."""
     _expand(bits, meta[0], meta[1], meta[2], A)
-    order, depth, kind, ptr, mid, kt, toff, eflip, slane, sdst, slen = _unpack(meta, u64)
-    nchunks = meta[5]
+    units = meta[5]
     nparts = Y.shape[0]
     for p in prange(nparts):
-        c0 = p * nchunks // nparts
-        c1 = (p + 1) * nchunks // nparts
-        if meta[8] == 128:
-            _walk2(A, toff, order, depth, kind, ptr, mid, ethr, eflip, c0, c1, OB, SO, slane,
-                   sdst, slen, kt, meta[4], Y[p])  # fmt: skip
-        else:
-            _walk(A, toff, order, depth, kind, ptr, mid, ethr, eflip, c0, c1, OB, SO, slane,
-                  sdst, slen, kt, meta[4], Y[p])  # fmt: skip
+        _walk_units(A, meta, u64, ethr, OB, SO, p * units // nparts, (p + 1) * units // nparts,
+                    Y[p])  # fmt: skip
 
 
 @njit(cache=True)
@@ -456,7 +458,7 @@ class Walk16:
         units = -(-self.nchunks * 64 // sp)
         self.columns = units * sp // 64  # OB words written (a last odd chunk's pair too)
         slane, sdst, slen, kt = output_segments(g, self.ho, self.wo, cout, units, sp)
-        toff, ptr, mid = signed_taps(sched, g)
+        toff, ptr, mid = signed_taps(sched, g, length)
         head = [g.c, length // 64, length, cout, self.ho * self.wo, units, len(toff)]
         head += [len(slane), sp]
         self.meta = np.concatenate(
@@ -548,7 +550,7 @@ def walk_sums_ref(sched: SlicedLayer, planes: BitPlanes) -> np.ndarray:
     bits = np.unpackbits(planes.bits.view(np.uint8), axis=1, bitorder="little")
     a = bits[:, :length].astype(np.int64) * 2 - 1
     tw, tb = sched.tap_shifts(g.wp)
-    q_all = grid_words(g.n, g.hp, g.wp) * 64
+    q_all = chunks(sched, g) * 64  # positions up to the last output's chunk: q + s_k < length
     y = np.zeros((sched.layer.cout, q_all), np.int64)
     _walk_ref(
         a, sched._tap_c.astype(np.int64), tw * 64 + tb, sched.order, sched.depth, sched.kind,
