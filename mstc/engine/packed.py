@@ -319,9 +319,8 @@ def _epi_row(acc, q, q0, n, epi, b, c, dst, obase, L):  # pragma: no cover - num
     s, l, ka, kb = coef[0, c], coef[1, c], coef[2, c], coef[3, c]
     sa, sb, a = sbn[0, c], sbn[1, c], alpha[c]
     src = sc[b, c]
-    n32 = np.int32(n)
-    for p in range(L):
-        y = np.float32(n32 - np.int32(2) * np.int32(acc[q, q0 + p]))
+    for p in range(L):  # int32 before float: numba's int64 -> float32 does not vectorise
+        y = np.float32(np.int32(n - 2 * np.int64(acc[q, q0 + p])))
         v = fma32(y * s + l, ka, kb) + fma32(src[obase + p], sa, sb)
         dst[obase + p] = v if v > 0 else a * v
 
@@ -348,6 +347,7 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out, epi): 
     G = out.shape[0] * Ho
     tile = np.empty((KW, R * Wo), np.uint64)
     acc = np.empty((4, R * Wo), np.uint64)
+    cnt = np.empty((1, R * Wo if KW <= 4 and epi is not None else 0), np.int32)  # 8-wide epilogue
     for u in range(u0, u1):
         g0 = u * R
         nr = min(R, G - g0)
@@ -386,8 +386,8 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out, epi): 
                     else:
                         for p in range(L):
                             m = popc(tile[0, q0 + p] ^ w0) + popc(tile[1, q0 + p] ^ w1)
-                            acc[0, q0 + p] = m + popc(tile[2, q0 + p] ^ w2)
-                        _epi_row(acc, 0, q0, n, epi, b, j0, dst, obase, L)
+                            cnt[0, q0 + p] = np.int32(m + popc(tile[2, q0 + p] ^ w2))
+                        _epi_row(cnt, 0, q0, n, epi, b, j0, dst, obase, L)
                 elif KW == 4:
                     w0, w1, w2, w3 = wT[0, j0], wT[1, j0], wT[2, j0], wT[3, j0]
                     dst = out[b, j0]
@@ -396,12 +396,12 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out, epi): 
                             m = popc(tile[0, q0 + p] ^ w0) + popc(tile[1, q0 + p] ^ w1)
                             m += popc(tile[2, q0 + p] ^ w2) + popc(tile[3, q0 + p] ^ w3)
                             dst[obase + p] = n - 2 * np.int64(m)
-                    else:  # the counts into acc (in L1), then the epilogue's loop
+                    else:  # the counts as int32 into cnt (in L1), then the epilogue's loop
                         for p in range(L):
                             m = popc(tile[0, q0 + p] ^ w0) + popc(tile[1, q0 + p] ^ w1)
                             m += popc(tile[2, q0 + p] ^ w2) + popc(tile[3, q0 + p] ^ w3)
-                            acc[0, q0 + p] = m
-                        _epi_row(acc, 0, q0, n, epi, b, j0, dst, obase, L)
+                            cnt[0, q0 + p] = np.int32(m)
+                        _epi_row(cnt, 0, q0, n, epi, b, j0, dst, obase, L)
                 else:
                     for q in range(nj):
                         dst = out[b, j0 + q]
