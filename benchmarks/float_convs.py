@@ -95,9 +95,9 @@ def one(spec: str, backend: str, batch: int, on: bool, passes: int) -> str:
 def kernels(n: int = 30) -> None:
     import torch.nn.functional as F
 
+    from mstc.engine.binarize import packed_input
     from mstc.engine.floatconv import FloatConv, rule_compare, torch_order
     from mstc.engine.fold import GE
-    from mstc.engine.packed import packed_input
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)

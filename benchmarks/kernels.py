@@ -23,8 +23,9 @@ import torch
 
 import mstc
 from mstc.engine import Runtime
+from mstc.engine.binarize import packed_input
 from mstc.engine.epilogue import epilogue
-from mstc.engine.packed import packed_input, xnor_conv
+from mstc.engine.packed import xnor_conv
 from mstc.engine.sliced import SlicedLayer, emit_planes, pack_planes, plane_geometry, run_layer
 from mstc.models import create_model
 

@@ -226,7 +226,7 @@ def test_conv_shapes(
 def test_packed_input_layout(n, c, hw, pad, threads, seed):
     """packed_input == a numpy packing: bit c%64 of word c//64 at the padded position is
     x >= 0 (NaN and the padding 0); words beyond C are 0."""
-    from mstc.engine.packed import packed_input
+    from mstc.engine.binarize import packed_input
 
     x = _input(seed, (n, c, *hw))
     x[np.random.default_rng(seed).random(x.shape) < 0.03] = np.nan

@@ -24,6 +24,7 @@ import mstc
 from mstc.bench import cluster_weights
 from mstc.engine import Runtime, run
 from mstc.engine import packed as packed_mod
+from mstc.engine.binarize import packed_input
 from mstc.engine.epilogue import EpilogueKernel, affine_form, epilogue, shortcut_bn_form
 from mstc.models import create_model
 
@@ -299,7 +300,7 @@ def test_xnor_conv_fused_epilogue(cin, cout, with_bn):
     x = rng.standard_normal((N, cin, H, W)).astype(np.float32)
     bits = rng.integers(0, 2, (cout, n)).astype(np.uint8)
     wT = packed_mod.packed_weights(bits, cin, 3, 3)  # 1, 3, 4, 5 words: every kernel path
-    xp = packed_mod.packed_input(x, (1, 1))
+    xp = packed_input(x, (1, 1))
     sums = np.empty((N, cout, H * W), np.int32)
     packed_mod.xnor_conv(xp, wT, n, (3, 3, 1, 1, 1, 1), H, W, sums)
     q = _bn_params(rng, cout)

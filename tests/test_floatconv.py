@@ -16,9 +16,9 @@ import mstc
 import mstc.engine.floatconv as floatconv
 from mstc.bench import cluster_weights
 from mstc.engine import Runtime
+from mstc.engine.binarize import packed_input
 from mstc.engine.floatconv import FloatConv, probe_input, rule_compare, torch_order
 from mstc.engine.fold import CONST0, CONST1, GE, LE, PackedBits, RuledInput, float_rule_bits
-from mstc.engine.packed import packed_input
 from mstc.engine.sliced import PlaneGeometry, pack_planes
 from mstc.models import create_model
 

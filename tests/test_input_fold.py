@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 
 import mstc
 from mstc.engine import Runtime, run
+from mstc.engine.binarize import packed_input
 from mstc.engine.fold import RuledInput, float_threshold_rule
 from mstc.engine.mst_kernel import signed_planes
-from mstc.engine.packed import check_input, packed_input
+from mstc.engine.packed import check_input
 from mstc.engine.sliced import PlaneGeometry, float_rule_bits, pack_planes
 from mstc.format import BinaryLayerCode
 from mstc.models import create_model

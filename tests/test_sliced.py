@@ -370,8 +370,8 @@ def test_trained_checkpoint_fused_exact():
 def test_planes_to_int_layouts(n, c, hw, pad, seed):
     """Bit planes -> the channel-packed words and the +-2 int8 planes of the int kernels equal
     packing the float input directly (64x64 bit transposes, channels beyond 64, padding, tails)."""
+    from mstc.engine.binarize import packed_input
     from mstc.engine.mst_kernel import signed_planes
-    from mstc.engine.packed import packed_input
     from mstc.engine.sliced import PlaneGeometry, planes_to_packed, planes_to_signed
 
     rng = np.random.default_rng(seed)

@@ -377,7 +377,7 @@ class FloatConv:
         pool: BufferPool | None = None,
     ) -> np.ndarray:
         """The conv's output binarised by a per-channel float rule and packed as
-        :func:`mstc.engine.packed.packed_input` packs it -- ``[N, Ho + 2 ph, Wo + 2 pw,
+        :func:`mstc.engine.binarize.packed_input` packs it -- ``[N, Ho + 2 ph, Wo + 2 pw,
         ceil(O / 64)]`` uint64, pad bits 0 -- without the float output reaching memory (stride 1
         only, :attr:`packs_bits`). The same fma chains as :meth:`__call__`, then
         ``bit = s * g_c >= h_c`` with ``compare`` = (g, h) from :func:`rule_compare`."""
@@ -447,7 +447,7 @@ def rule_compare(rule: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.nd
     """(g, h) float32 with ``bit = x * g_c >= h_c`` equal to the float rule (mode, t) of
     :mod:`mstc.engine.fold` for every float32 x: GE (1, t), LE (-1, -t) (x <= t iff -x >= -t,
     negation being exact), CONST1 (1, -inf): every non-NaN x, CONST0 (1, NaN): none; NaN x gives 0
-    as in :func:`mstc.engine.packed.packed_input`."""
+    as in :func:`mstc.engine.binarize.packed_input`."""
     mode = np.asarray(rule[0])
     t = np.asarray(rule[1], dtype=np.float32)
     if mode.shape != t.shape or mode.ndim != 1:
@@ -533,7 +533,7 @@ def faster_than_torch(conv: FloatConv, order: str, x: np.ndarray, margin: float 
 def _torch_packed(conv: FloatConv, x: np.ndarray, rule, padding: tuple[int, int]) -> np.ndarray:
     """What a binary conv reads without :meth:`FloatConv.packed_bits`: torch's conv output,
     packed by the rule."""
-    from mstc.engine.packed import packed_input  # the engines' float -> bits pass
+    from mstc.engine.binarize import packed_input  # the engines' float -> bits pass
 
     with torch.no_grad():
         y = F.conv2d(

@@ -87,7 +87,7 @@ class RuledInput:
 @dataclass(frozen=True)
 class PackedBits:
     """A binary conv's input already binarised and packed, in the layout of
-    :func:`mstc.engine.packed.packed_input`: ``words`` uint64 [N, H + 2 ph, W + 2 pw, ceil(C / 64)],
+    :func:`mstc.engine.binarize.packed_input`: ``words`` uint64 [N, H + 2 ph, W + 2 pw, ceil(C / 64)],
     pad bits 0, for a conv with ``padding`` (ph, pw). The runtime makes it where a float conv's
     only readers are binary convs through one folded BatchNorm
     (:meth:`mstc.engine.floatconv.FloatConv.packed_bits`: the float output never exists)."""

@@ -31,6 +31,7 @@ from numba import njit, prange
 
 from mstc.engine import walk16
 from mstc.engine.backend import Backend, fastest, register_backend
+from mstc.engine.binarize import pack_binary_input, sign_rule
 from mstc.engine.buffers import empty
 from mstc.engine.fold import CONST1, GE, LE, PackedBits, RuledInput
 from mstc.engine.packed import (
@@ -38,9 +39,7 @@ from mstc.engine.packed import (
     check_input,
     conv_geometry,
     linear_as_conv,
-    pack_binary_input,
     packed_weights,
-    sign_rule,
     xnor_conv,
     xnor_layer,
 )

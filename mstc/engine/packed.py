@@ -1,19 +1,27 @@
 """The "packed" backend: dense bit-packed XNOR-popcount with numba (engine-notes.md layouts 1-2).
 
-Activations are binarised and packed in one pass, 64 input channels per uint64 word, into a
-padded channel-last array ``[N, H+2ph, W+2pw, ceil(C/64)]``; padding is bit 0 (= -1), so no mask is
-needed, and unused high bits are 0 in both activations and weights. Weights are packed in the same
-(ky, kx, channel) order, concatenated across taps, as ``[words, Cout]``. The XNOR kernel gathers
+Activations are binarised and packed in one pass (:mod:`mstc.engine.binarize`), 64 input channels
+per uint64 word, into a padded channel-last array ``[N, H+2ph, W+2pw, ceil(C/64)]``; padding is bit
+0 (= -1), so no mask is needed, and unused high bits are 0 in both activations and weights.
+Weights are packed in the same (ky, kx, channel) order, concatenated across taps, as
+``[words, Cout]``. The XNOR kernel gathers
 the patches of a block of output rows into a tile ``[words, positions]`` (im2col on bits) and runs
 its innermost loop over positions, 4 output channels per pass, so the popcounts vectorise whatever
 the channel count. For output channel j at one position, with patch words A and weight words W_j:
 
     y_j = n - 2 * sum_t popcount(A_t XOR W_jt)            (n = Cin*kh*kw)
 
+On AVX2 CPUs without AVX-512 VPOPCNTDQ, layers with enough work run the table-lookup kernel of
+:mod:`mstc.engine.lut` instead (``XNOR_KERNEL``; same sums, same epilogue).
+
 Oracle: the "dense" and "reference" backends (:mod:`mstc.engine.reference`).
 """
 
 from __future__ import annotations
+
+import collections
+import os
+import weakref
 
 import numba
 import numpy as np
@@ -21,10 +29,12 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from mstc.bitpack import pack_words
+from mstc.engine import lut
 from mstc.engine.backend import Backend, register_backend
+from mstc.engine.binarize import pack_binary_input
 from mstc.engine.buffers import empty
-from mstc.engine.epilogue import fma32
-from mstc.engine.fold import CONST1, GE, LE, PackedBits, RuledInput
+from mstc.engine.epilogue import xnor_epilogue_row
+from mstc.engine.fold import PackedBits, RuledInput
 from mstc.format import BinaryLayerCode
 
 #: words of patch tile (patch words x positions) the XNOR kernel gathers per unit of output rows
@@ -42,170 +52,6 @@ def popc(typingctx, x):
         return builder.ctpop(args[0])
 
     return sig, codegen
-
-
-# ------------------------------------------------------------------------------- activations
-
-
-@njit(cache=True)
-def _pack_rows(x, ph, pw, r0, r1, mode, t, out):  # pragma: no cover - numba
-    """Fused binarise + pack of rows [r0, r1) of the flattened (batch, H) index:
-    out[n, h+ph, w+pw, c//64] bit c%64 = rule_c(x[n, c, h, w]) (sign: GE with t = 0, i.e.
-    x >= 0). The border of ``out`` stays 0.
-
-    The rows of one image form a contiguous run of every channel plane, so the compare loops
-    run over (rows x W) positions at once, branch-free (long vector loops even for 8x8 maps)."""
-    N, C, H, W = x.shape
-    CW = out.shape[3]
-    Wp = out.shape[2]
-    Wu = np.uint64(W)
-    m = min(r1 - r0, H) * W
-    lo = np.empty(m, np.uint32)  # channel bits 0-31 and 32-63 of the word: 32-bit lanes
-    hi = np.empty(m, np.uint32)
-    r = r0
-    while r < r1:
-        n = r // H
-        h0 = r - n * H
-        h1 = min(H, h0 + r1 - r)
-        L = np.uint64((h1 - h0) * W)
-        xn = x[n].reshape(C, H * W)
-        for cw in range(CW):
-            c0 = cw * 64
-            cn = min(64, C - c0)
-            for p in range(L):
-                lo[p] = 0
-                hi[p] = 0
-            for c in range(cn):
-                xr = xn[c0 + c, h0 * W :]
-                sh = np.uint32(c & 31)
-                dst = lo if c < 32 else hi
-                md = mode[c0 + c]
-                tc = t[c0 + c]
-                if md == GE:
-                    for p in range(L):
-                        dst[p] |= np.uint32(xr[p] >= tc) << sh
-                elif md == LE:
-                    for p in range(L):
-                        dst[p] |= np.uint32(xr[p] <= tc) << sh
-                elif md == CONST1:
-                    for p in range(L):
-                        dst[p] |= np.uint32(xr[p] == xr[p]) << sh
-            of = out[n].reshape(-1)
-            for h in range(h1 - h0):
-                base = np.uint64(((h0 + h + ph) * Wp + pw) * CW + cw)
-                src = np.uint64(h * W)
-                if CW == 1:
-                    for w in range(Wu):
-                        of[base + w] = np.uint64(lo[src + w]) | (np.uint64(hi[src + w]) << 32)
-                else:
-                    for w in range(Wu):
-                        of[base + w * np.uint64(CW)] = np.uint64(lo[src + w]) | (
-                            np.uint64(hi[src + w]) << 32
-                        )
-        r += h1 - h0
-
-
-@njit(parallel=True, cache=True)
-def _pack_par(x, ph, pw, nchunks, mode, t, out):  # pragma: no cover - numba
-    total = x.shape[0] * x.shape[2]
-    for ch in prange(nchunks):
-        _pack_rows(x, ph, pw, ch * total // nchunks, (ch + 1) * total // nchunks, mode, t, out)
-
-
-@njit(cache=True)
-def _zero_border(out, ph, pw, h, w):  # pragma: no cover - numba
-    """Zero the padding of ``out`` [N, h+2ph, w+2pw, CW] (rows above/below, columns left/right):
-    one call instead of four numpy slice assignments."""
-    N, Hp, Wp, CW = out.shape
-    for n in range(N):
-        for r in range(Hp):
-            if r < ph or r >= h + ph:
-                for c in range(Wp):
-                    for k in range(CW):
-                        out[n, r, c, k] = 0
-            else:
-                for c in range(pw):
-                    for k in range(CW):
-                        out[n, r, c, k] = 0
-                for c in range(w + pw, Wp):
-                    for k in range(CW):
-                        out[n, r, c, k] = 0
-
-
-_SIGN_RULES: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-
-def sign_rule(c: int) -> tuple[np.ndarray, np.ndarray]:
-    """The rule of plain sign() (bit = x >= 0) for c channels, as (mode, t) (read-only arrays,
-    made once per c)."""
-    rule = _SIGN_RULES.get(c)
-    if rule is None:
-        mode, t = np.full(c, GE, np.int8), np.zeros(c, np.float32)
-        mode.flags.writeable = t.flags.writeable = False
-        rule = _SIGN_RULES[c] = (mode, t)
-    return rule
-
-
-def packed_input(
-    x: np.ndarray,
-    padding: tuple[int, int],
-    nthreads: int = 1,
-    rule=None,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
-    """``[N, H+2ph, W+2pw, ceil(C/64)]`` uint64 bits of a float NCHW input (pad bit 0): sign, or
-    the per-channel float ``rule`` (mode, t) of :mod:`mstc.engine.fold`. ``out``: an array of that
-    shape and dtype to fill (any content: every word is written)."""
-    n, c, h, w = x.shape
-    ph, pw = padding
-    mode, t = sign_rule(c) if rule is None else rule
-    mode = np.ascontiguousarray(mode, dtype=np.int8)
-    t = np.ascontiguousarray(t, dtype=np.float32)
-    shape = (n, h + 2 * ph, w + 2 * pw, (c + 63) // 64)
-    if out is None:
-        out = np.zeros(shape, dtype=np.uint64)
-    elif out.shape != shape or out.dtype != np.uint64 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be C-contiguous uint64 {shape}, got {out.dtype} {out.shape}")
-    return _pack_into(x, ph, pw, nthreads, mode, t, out)
-
-
-def _pack_into(x, ph, pw, nthreads, mode, t, out) -> np.ndarray:
-    """:func:`packed_input` after its checks: ``out`` of the right shape, any content."""
-    n, h = x.shape[0], x.shape[2]
-    if x.size == 0:
-        out[...] = 0
-    elif nthreads > 1 and n * h > 1:
-        _zero_border(out, ph, pw, h, x.shape[3])
-        _pack_par(x, ph, pw, min(2 * nthreads, n * h), mode, t, out)
-    else:
-        _pack_one(x, ph, pw, mode, t, out)
-    return out
-
-
-@njit(cache=True)
-def _pack_one(x, ph, pw, mode, t, out):  # pragma: no cover - numba
-    """One thread: the border zeroed, then every row packed (one numba call at batch 1)."""
-    _zero_border(out, ph, pw, x.shape[2], x.shape[3])
-    _pack_rows(x, ph, pw, 0, x.shape[0] * x.shape[2], mode, t, out)
-
-
-def pack_binary_input(x, padding: tuple[int, int], nthreads: int = 1, pool=None) -> np.ndarray:
-    """:func:`packed_input` of a binary conv's input -- float NCHW (sign) or a
-    :class:`~mstc.engine.fold.RuledInput` (its rule) -- into an array lent by ``pool``
-    (:class:`~mstc.engine.buffers.BufferPool`; None: a fresh one). A
-    :class:`~mstc.engine.fold.PackedBits` is returned as it is (its words, not the pool's)."""
-    if isinstance(x, PackedBits):  # already packed (with the padding check_input checked)
-        return x.words
-    if isinstance(x, RuledInput):
-        xf = x.x
-        mode = np.ascontiguousarray(x.mode, dtype=np.int8)
-        t = np.ascontiguousarray(x.t, dtype=np.float32)
-    else:
-        xf, (mode, t) = x, sign_rule(x.shape[1])
-    n, c, h, w = xf.shape
-    ph, pw = padding
-    words = empty(pool, (n, h + 2 * ph, w + 2 * pw, (c + 63) // 64), np.uint64)
-    return _pack_into(xf, ph, pw, nthreads, mode, t, words)
 
 
 def packed_weights(bits: np.ndarray, cin: int, kh: int, kw: int) -> np.ndarray:
@@ -309,22 +155,6 @@ def _gather_tile(
                             dst[q + wo] |= xf[base + wo * step] << s
 
 
-@njit(cache=True, inline="always")
-def _epi_row(acc, q, q0, n, epi, b, c, dst, obase, L):  # pragma: no cover - numba
-    """dst[obase + p] = the Bi-Real epilogue (mstc.engine.epilogue, mode AFFINE | FMA | ADD |
-    PRELU) of channel c's sum n - 2*acc[q, q0 + p], for p < L:
-    prelu(fma(y*s + l, ka, kb) + fma(shortcut, sa, sb)); per-channel constants hoisted, so the
-    loop vectorises."""
-    coef, sbn, alpha, sc = epi
-    s, l, ka, kb = coef[0, c], coef[1, c], coef[2, c], coef[3, c]
-    sa, sb, a = sbn[0, c], sbn[1, c], alpha[c]
-    src = sc[b, c]
-    for p in range(L):  # int32 before float: numba's int64 -> float32 does not vectorise
-        y = np.float32(np.int32(n - 2 * np.int64(acc[q, q0 + p])))
-        v = fma32(y * s + l, ka, kb) + fma32(src[obase + p], sa, sb)
-        dst[obase + p] = v if v > 0 else a * v
-
-
 @njit(cache=True)
 def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out, epi):  # pragma: no cover
     """Units [u0, u1) of R output rows each; rows are flattened over (batch, Ho).
@@ -337,7 +167,7 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out, epi): 
     shorter ones with zero words) skip the accumulator: each channel's popcounts go straight to
     out.
 
-    ``epi``: None, or (coef, sbn, alpha, shortcut) of a Bi-Real epilogue (:func:`_epi_row`), whose
+    ``epi``: None, or (coef, sbn, alpha, shortcut) of a Bi-Real epilogue (:func:`xnor_epilogue_row`), whose
     float32 result is written to ``out`` instead of the sums (which then never reach memory)."""
     KW = wT.shape[0]
     Cout = wT.shape[1]
@@ -387,7 +217,7 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out, epi): 
                         for p in range(L):
                             m = popc(tile[0, q0 + p] ^ w0) + popc(tile[1, q0 + p] ^ w1)
                             cnt[0, q0 + p] = np.int32(m + popc(tile[2, q0 + p] ^ w2))
-                        _epi_row(cnt, 0, q0, n, epi, b, j0, dst, obase, L)
+                        xnor_epilogue_row(cnt, 0, q0, n, epi, b, j0, dst, obase, L)
                 elif KW == 4:
                     w0, w1, w2, w3 = wT[0, j0], wT[1, j0], wT[2, j0], wT[3, j0]
                     dst = out[b, j0]
@@ -401,7 +231,7 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out, epi): 
                             m = popc(tile[0, q0 + p] ^ w0) + popc(tile[1, q0 + p] ^ w1)
                             m += popc(tile[2, q0 + p] ^ w2) + popc(tile[3, q0 + p] ^ w3)
                             cnt[0, q0 + p] = np.int32(m)
-                        _epi_row(cnt, 0, q0, n, epi, b, j0, dst, obase, L)
+                        xnor_epilogue_row(cnt, 0, q0, n, epi, b, j0, dst, obase, L)
                 else:
                     for q in range(nj):
                         dst = out[b, j0 + q]
@@ -409,7 +239,7 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out, epi): 
                             for p in range(L):
                                 dst[obase + p] = n - 2 * np.int64(acc[q, q0 + p])
                         else:
-                            _epi_row(acc, q, q0, n, epi, b, j0 + q, dst, obase, L)
+                            xnor_epilogue_row(acc, q, q0, n, epi, b, j0 + q, dst, obase, L)
                 r += seg
 
 
@@ -431,6 +261,52 @@ def pad_patch_words(wT: np.ndarray) -> np.ndarray:
     return np.concatenate([wT, np.zeros((3 - wT.shape[0], wT.shape[1]), np.uint64)])
 
 
+#: the XNOR kernel: "auto" (table lookups, :mod:`mstc.engine.lut`, where the CPU has AVX2 but no
+#: vector popcount, the layer has >= LUT_MIN_WORK work and the lookup kernel fills >= LUT_MIN_LANES
+#: of its lanes; else popcounts), "lut" (table lookups wherever n <= lut.MAX_TAPS) or "popcount"
+XNOR_KERNEL = os.environ.get("MSTC_XNOR", "auto")
+_LUT_CPU = lut.available() and not lut.has_vector_popcount()
+_plans: collections.OrderedDict[tuple, lut.LutPlan] = collections.OrderedDict()
+_tables: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+
+
+#: the least work (output positions x Cout x n) the "auto" rule gives the lookup kernel: below it
+#: (resnet20 at batch 1) its two extra passes and calls cost more than its counting saves
+LUT_MIN_WORK = 8 << 20
+#: the least share of its 64-position chunks' lanes the lookup kernel must fill under "auto"
+#: (7x7 and 14x14 maps fill 77% and ran slower than popcounts at batch 32)
+LUT_MIN_LANES = 0.85
+
+
+def _lookup_kernel(xshape, wT, n, geometry, Ho, Wo):
+    """(plan, tables) of the table-lookup kernel for a call on packed words of ``xshape``, or
+    None for popcounts."""
+    if XNOR_KERNEL == "popcount" or n > lut.MAX_TAPS:
+        return None
+    if XNOR_KERNEL == "auto" and (
+        not _LUT_CPU or xshape[0] * Ho * Wo * wT.shape[1] * n < LUT_MIN_WORK
+    ):
+        return None
+    if not lut.available():
+        raise RuntimeError("the table-lookup XNOR kernel needs AVX2")
+    kh, kw = geometry[0], geometry[1]
+    cin = n // (kh * kw)
+    key = (xshape, cin, geometry, Ho, Wo)
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _plans[key] = lut.LutPlan(xshape, cin, geometry, Ho, Wo)
+        if len(_plans) > 64:
+            _plans.popitem(last=False)
+    if XNOR_KERNEL == "auto" and plan.utilisation < LUT_MIN_LANES:
+        return None
+    entry = _tables.get(id(wT))
+    if entry is None or entry[0]() is not wT:
+        for k in [k for k, (r, _) in _tables.items() if r() is None]:
+            del _tables[k]
+        entry = _tables[id(wT)] = (weakref.ref(wT), lut.lut_tables(wT, cin, kh, kw))
+    return plan, entry[1]
+
+
 def xnor_conv(
     xp: np.ndarray,
     wT: np.ndarray,
@@ -445,13 +321,18 @@ def xnor_conv(
     """Dense XNOR-popcount conv into ``out`` int32 [N, Cout, Ho*Wo]:
     ``out[b, j, p] = n - 2 * sum_t popcount(patch_t(b, p) XOR wT[t, j])``.
 
-    ``xp`` from :func:`packed_input`, ``wT`` from :func:`packed_weights`, geometry
+    ``xp`` from :func:`mstc.engine.binarize.packed_input`, ``wT`` from :func:`packed_weights`, geometry
     (kh, kw, sh, sw, dh, dw). One thread runs serially (no thread pool is started).
     ``epilogue``: (coef, sbn, alpha, shortcut [N, Cout, Ho*Wo]) of
     :meth:`mstc.engine.epilogue.EpilogueKernel.xnor_args`: ``out`` is then float32 and receives
     the Bi-Real epilogue of the sums, computed as they are counted."""
     if epilogue is not None and epilogue[3].shape != out.shape:
         raise ValueError(f"shortcut of shape {epilogue[3].shape}, output {out.shape}")
+    chosen = _lookup_kernel(xp.shape, wT, n, tuple(geometry), Ho, Wo)
+    if chosen is not None:
+        plan, tables = chosen
+        plan.run(xp, tables, n, out, nthreads, epilogue)
+        return
     wT = pad_patch_words(wT)
     KW = wT.shape[0]
     R = max(1, (TILE_WORDS // KW) // Wo)  # rows per unit: the [KW, R*Wo] tile stays in L1/L2
@@ -549,9 +430,9 @@ def xnor_layer(layer: BinaryLayerCode, x, wT: np.ndarray, threads, pool, epilogu
     out = empty(pool, (N, layer.cout, Ho * Wo), dtype)
     if out.size == 0:
         return out.reshape(N, layer.cout, Ho, Wo)
-    xp = pack_binary_input(x, (ph, pw), nthreads, pool)
     if epilogue is not None:
         epilogue = epilogue[0].xnor_args(epilogue[1])
+    xp = pack_binary_input(x, (ph, pw), nthreads, pool)
     xnor_conv(xp, wT, layer.n, (kh, kw, sh, sw, dh, dw), Ho, Wo, out, nthreads, epilogue)
     if pool is not None and not isinstance(x, PackedBits):  # PackedBits: the caller's words
         pool.give(xp)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 _I1 = ir.IntType(1)
@@ -222,14 +223,22 @@ def bsigns(typingctx, word, flip):
     return i8x64(types.uint64, types.uint64), codegen
 
 
-@intrinsic
-def widen(typingctx, v):
-    """The int8 lanes of ``v`` sign-extended to int16."""
+def _extend(signed: bool, doc: str):
+    """The int8 lanes of a vector extended to int16, sign- or zero-extended."""
 
-    def codegen(context, builder, sig, args):
-        return builder.sext(args[0], _HT)
+    @intrinsic
+    def op(typingctx, v):
+        def codegen(context, builder, sig, args):
+            return (builder.sext if signed else builder.zext)(args[0], _HT)
 
-    return i16x64(i8x64), codegen
+        return i16x64(i8x64), codegen
+
+    op.__doc__ = doc
+    return op
+
+
+widen = _extend(True, "The int8 lanes of ``v`` sign-extended to int16.")
+uwiden = _extend(False, "The int8 lanes of ``v`` zero-extended to int16 (unsigned bytes 0..255).")
 
 
 @intrinsic
@@ -250,3 +259,51 @@ def widen_store8(typingctx, dst, i, src, j):
         return context.get_dummy_value()
 
     return types.none(dst, types.uint64, src, types.uint64), codegen
+
+
+_B16 = ir.VectorType(_I8, 16)
+_B32 = ir.VectorType(_I8, 32)
+
+
+def _lanes(*idx: int) -> ir.Constant:
+    return ir.Constant(ir.VectorType(_I32, len(idx)), list(idx))
+
+
+@intrinsic
+def blookup(typingctx, table, i, idx):
+    """Lane k = ``table[i + idx[k]]`` for ``idx[k]`` in 0..15: a 16-entry byte table (uint8
+    array, from element ``i``) looked up by every lane, i.e. ``vpshufb`` with the table broadcast
+    to both 128-bit halves (AVX2; two instructions per 64 lanes). Indices above 15 are not
+    allowed (``vpshufb`` would read bit 7 as "zero the lane" and ignore bits 4-6)."""
+
+    def codegen(context, builder, sig, args):
+        a = context.make_array(sig.args[0])(context, builder, args[0])
+        p = builder.bitcast(builder.gep(a.data, [args[1]]), _B16.as_pointer())
+        t16 = builder.load(p, align=1)
+        t32 = builder.shuffle_vector(
+            t16, ir.Constant(_B16, ir.Undefined), _lanes(*range(16), *range(16))
+        )
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_B32, [_B32, _B32]), "llvm.x86.avx2.pshuf.b"
+        )
+        undef = ir.Constant(_BT, ir.Undefined)
+        lo = builder.call(fn, [t32, builder.shuffle_vector(args[2], undef, _lanes(*range(32)))])
+        hi = builder.call(fn, [t32, builder.shuffle_vector(args[2], undef, _lanes(*range(32, 64)))])
+        return builder.shuffle_vector(lo, hi, _lanes(*range(64)))
+
+    return i8x64(table, types.uint64, i8x64), codegen
+
+
+@intrinsic
+def hstore_wide(typingctx, arr, i, v):
+    """arr[i .. i+63] = the int16 lanes of ``v`` sign-extended, into a contiguous 1-D int32
+    array (eight ``vpmovsxwd`` and stores on AVX2)."""
+
+    def codegen(context, builder, sig, args):
+        w = ir.VectorType(_I32, 64)
+        a = context.make_array(sig.args[0])(context, builder, args[0])
+        p = builder.bitcast(builder.gep(a.data, [args[1]]), w.as_pointer())
+        builder.store(builder.sext(args[2], w), p, align=4)
+        return context.get_dummy_value()
+
+    return types.none(arr, types.uint64, i16x64), codegen

@@ -161,10 +161,10 @@ def pack_planes(x: np.ndarray, geometry: PlaneGeometry, rule=None) -> BitPlanes:
     """Fused sign + pack of a float32 NCHW input into bit planes of ``geometry``; with ``rule``
     (mode, t) the bits of :func:`float_rule_bits` instead of sign.
 
-    The channel-packed words of :func:`mstc.engine.packed.packed_input` (one vectorised compare
+    The channel-packed words of :func:`mstc.engine.binarize.packed_input` (one vectorised compare
     pass, padding included) are bit-transposed into planes, 64 positions x 64 channels at a time.
     """
-    from mstc.engine.packed import packed_input  # the engines' one float -> bits pass
+    from mstc.engine.binarize import packed_input  # the engines' one float -> bits pass
 
     g = geometry
     if x.shape != (g.n, g.c, g.h, g.w):
@@ -176,7 +176,7 @@ def pack_planes(x: np.ndarray, geometry: PlaneGeometry, rule=None) -> BitPlanes:
 
 
 def words_to_planes(words: np.ndarray, geometry: PlaneGeometry) -> BitPlanes:
-    """Channel-packed words of :func:`mstc.engine.packed.packed_input` (padding included) ->
+    """Channel-packed words of :func:`mstc.engine.binarize.packed_input` (padding included) ->
     bit planes of ``geometry`` (a bit transpose, 64 positions x 64 channels at a time)."""
     g = geometry
     if words.shape != (g.n, g.hp, g.wp, (g.c + 63) // 64):
@@ -260,7 +260,7 @@ def _planes_to_packed(bits, Q, out):  # pragma: no cover - numba
 
 
 def planes_to_packed(planes: BitPlanes) -> np.ndarray:
-    """The channel-packed layout of :func:`mstc.engine.packed.packed_input`,
+    """The channel-packed layout of :func:`mstc.engine.binarize.packed_input`,
     ``[N, Hp, Wp, ceil(C/64)]`` uint64 (padding bit 0), from bit planes over the same padded grid:
     a bit transpose, no float round trip."""
     g = planes.geometry
