@@ -6,6 +6,8 @@ arguments."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from mstc.bench import cluster_weights
 from mstc.engine import lut, run
 from mstc.engine import packed as pk
 from mstc.engine.binarize import packed_input
+from mstc.engine.fold import CONST0, CONST1, GE, LE, RuledInput
 from mstc.models import create_model
 
 pytestmark = pytest.mark.skipif(not lut.available(), reason="the lookup kernel needs AVX2")
@@ -63,6 +66,44 @@ def test_lookup_equals_popcount(
     np.testing.assert_array_equal(got, want)
     ref = lut.lut_sums_ref(xp, lut.lut_tables(wT, cin, kh, kw), cin, g, Ho, Wo, cout)
     np.testing.assert_array_equal(ref.reshape(want.shape), want)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    batch=st.integers(1, 3),
+    cin=st.sampled_from([1, 5, 8, 13, 16, 32, 45]),
+    cout=st.integers(1, 9),
+    k=st.integers(1, 3),
+    stride=st.integers(1, 2),
+    padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    hw=st.tuples(st.integers(1, 12), st.integers(1, 12)),
+    ruled=st.booleans(),
+    threads=st.sampled_from([1, 2]),
+    seed=st.integers(0, 2**16),
+)
+def test_layer_inputs(batch, cin, cout, k, stride, padding, hw, ruled, threads, seed, monkeypatch):
+    """xnor_layer on float inputs (sign, or a RuledInput with every mode; NaNs and zeros mixed
+    in), with the sums by table lookups == by popcounts."""
+    h, w = max(hw[0], k - 2 * padding[0]), max(hw[1], k - 2 * padding[1])
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, cin, h, w)).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    x[rng.random(x.shape) < 0.05] = 0.0
+    n = cin * k * k
+    wT = pk.packed_weights(rng.integers(0, 2, (cout, n)).astype(np.uint8), cin, k, k)
+    layer = SimpleNamespace(
+        n=n, cin=cin, cout=cout, kind="conv2d", kernel_size=(k, k), stride=(stride, stride),
+        padding=padding, dilation=(1, 1),
+    )  # fmt: skip
+    inp = x
+    if ruled:
+        mode = rng.choice([GE, LE, CONST0, CONST1], cin).astype(np.int8)
+        inp = RuledInput(x, mode, rng.standard_normal(cin).astype(np.float32))
+    monkeypatch.setattr(pk, "XNOR_KERNEL", "popcount")
+    want = pk.xnor_layer(layer, inp, wT, threads, None).copy()
+    monkeypatch.setattr(pk, "XNOR_KERNEL", "lut")
+    got = pk.xnor_layer(layer, inp, wT, threads, None)
+    np.testing.assert_array_equal(got, want)
 
 
 def test_counters_flush(monkeypatch):
