@@ -60,7 +60,7 @@ def layers(batch: int, reps: int) -> None:
         x = rng.standard_normal((batch, cin, h, h)).astype(np.float32)
         wT = pk.packed_weights(rng.integers(0, 2, (cout, cin * 9)).astype(np.uint8), cin, 3, 3)
         layer = SimpleNamespace(
-            n=cin * 9, cin=cin, cout=cout, kind="conv2d", kernel_size=(3, 3), stride=(1, 1),
+            name=f"{cin}-{h}-{cout}", n=cin * 9, cin=cin, cout=cout, kind="conv2d", kernel_size=(3, 3), stride=(1, 1),
             padding=(1, 1), dilation=(1, 1),
         )  # fmt: skip
         sums: dict[str, np.ndarray] = {}

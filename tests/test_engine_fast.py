@@ -285,6 +285,26 @@ def test_int32_accumulators():
     _check_layer(layer, x, None)
 
 
+def test_prepared_xnor_follows_new_weights(monkeypatch):
+    """packed.xnor_layer's prepared path is per weights array (and layer name and shape), keyed
+    by the array's id with a weak reference to tell a new array at a freed one's id: with every
+    id made equal, layers of one name and shape with new weights each time still give each
+    their own sums (the reference backend's)."""
+    from mstc.engine import packed as pk
+
+    rng = np.random.default_rng(3)
+    x = _input(8, (1, 16, 6, 6))
+    geometry = dict(kind="conv2d", cin=16, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1),
+                    dilation=(1, 1))  # fmt: skip
+    monkeypatch.setattr(pk, "id", lambda obj: 7, raising=False)  # every array at one id
+    for _ in range(4):
+        layer = _layer(rng.integers(0, 2, (8, 144)).astype(np.uint8), False, False, **geometry)
+        cm = CompressedModel(nodes=[], tensors={}, layers={"L": layer}, input_shape=x.shape[1:])
+        want = get_backend("reference")(cm).conv2d(layer, x)
+        wT = pk.packed_weights(layer.weight_bits(), 16, 3, 3)
+        np.testing.assert_array_equal(pk.xnor_layer(layer, x, wT, 1, None), want)
+
+
 def test_bad_input():
     torch.manual_seed(0)
     cm = mstc.compress(create_model("resnet20", width=0.25).eval())

@@ -92,7 +92,7 @@ def test_layer_inputs(batch, cin, cout, k, stride, padding, hw, ruled, threads, 
     n = cin * k * k
     wT = pk.packed_weights(rng.integers(0, 2, (cout, n)).astype(np.uint8), cin, k, k)
     layer = SimpleNamespace(
-        n=n, cin=cin, cout=cout, kind="conv2d", kernel_size=(k, k), stride=(stride, stride),
+        name="L", n=n, cin=cin, cout=cout, kind="conv2d", kernel_size=(k, k), stride=(stride, stride),
         padding=padding, dilation=(1, 1),
     )  # fmt: skip
     inp = x

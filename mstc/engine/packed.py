@@ -31,7 +31,7 @@ from numba.extending import intrinsic
 from mstc.bitpack import pack_words
 from mstc.engine import lut
 from mstc.engine.backend import Backend, register_backend
-from mstc.engine.binarize import pack_binary_input
+from mstc.engine.binarize import _pack_one, pack_binary_input, sign_rule
 from mstc.engine.buffers import empty
 from mstc.engine.epilogue import xnor_epilogue_row
 from mstc.engine.fold import PackedBits, RuledInput
@@ -243,6 +243,16 @@ def _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, u0, u1, out, epi): 
                 r += seg
 
 
+@njit(cache=True)
+def _pack_xnor(
+    x, ph, pw, mode, t, xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, units, out, epi
+):  # pragma: no cover
+    """One thread, one call: a float input packed into ``xp`` (:func:`mstc.engine.binarize.packed_input`),
+    then every unit of :func:`_xnor_rows`."""
+    _pack_one(x, ph, pw, mode, t, xp)
+    _xnor_rows(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, 0, units, out, epi)
+
+
 @njit(parallel=True, cache=True)
 def _xnor_par(xp, wT, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, nchunks, out, epi):  # pragma: no cover
     units = (out.shape[0] * Ho + R - 1) // R
@@ -418,12 +428,79 @@ def linear_as_conv(layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(x.shape[0], layer.n, 1, 1))
 
 
+#: (id(wT), layer name, input shape, XNOR_KERNEL) -> (weakref to wT, the arguments of
+#: :func:`_pack_xnor` for a float input on one thread by popcounts, or False: another path)
+_prepared: dict[tuple, tuple[weakref.ref, tuple | bool]] = {}
+
+
+def _prepare(layer: BinaryLayerCode, shape: tuple[int, ...], wT: np.ndarray) -> tuple | bool:
+    kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = conv_geometry(layer, shape)
+    N = shape[0]
+    xshape = (N, shape[2] + 2 * ph, shape[3] + 2 * pw, (shape[1] + 63) // 64)
+    if Ho * Wo * N * layer.cout == 0 or _lookup_kernel(
+        xshape, wT, layer.n, (kh, kw, sh, sw, dh, dw), Ho, Wo
+    ):
+        return False
+    wTp = pad_patch_words(wT)
+    R = max(1, (TILE_WORDS // wTp.shape[0]) // Wo)
+    units = (N * Ho + R - 1) // R
+    mode, t = sign_rule(shape[1])
+    return (
+        N,
+        layer.cout,
+        Ho,
+        Wo,
+        xshape,
+        ph,
+        pw,
+        mode,
+        t,
+        wTp,
+        layer.n,
+        kh,
+        kw,
+        sh,
+        sw,
+        dh,
+        dw,
+        R,
+        units,
+    )
+
+
 def xnor_layer(layer: BinaryLayerCode, x, wT: np.ndarray, threads, pool, epilogue=None):
     """A binary conv by dense XNOR-popcount on a checked input (:func:`check_input`) with
     packed weights ``wT``: int32 sums (N, Cout, Ho, Wo), or with ``epilogue`` = (an
     :class:`~mstc.engine.epilogue.EpilogueKernel` that ``fuses_into_xnor``, its shortcut) the
-    float32 epilogue of the sums, applied inside the kernel. Arrays from ``pool``."""
+    float32 epilogue of the sums, applied inside the kernel. Arrays from ``pool``.
+
+    A float input on one thread by popcounts takes a prepared path (its geometry worked out once
+    per layer, shape and weights; packing and counting in one numba call): at batch 1 the
+    Python around the kernels cost as much as they did."""
     nthreads = _set_threads(threads)
+    if nthreads == 1 and type(x) is np.ndarray:
+        key = (id(wT), layer.name, x.shape, XNOR_KERNEL)
+        entry = _prepared.get(key)
+        if entry is None or entry[0]() is not wT:  # new, or another array at a freed one's id
+            if len(_prepared) > 1024:
+                _prepared.clear()
+            entry = _prepared[key] = (weakref.ref(wT), _prepare(layer, x.shape, wT))
+        p = entry[1]
+        if p:
+            N, cout, Ho, Wo, xshape, ph, pw, mode, t, wTp, n, kh, kw, sh, sw, dh, dw, R, units = p
+            if epilogue is None:
+                out = empty(pool, (N, cout, Ho * Wo), np.int32)
+            else:
+                out = empty(pool, (N, cout, Ho * Wo), np.float32)
+                epilogue = epilogue[0].xnor_args(epilogue[1])
+                if epilogue[3].shape != out.shape:
+                    raise ValueError(f"shortcut of shape {epilogue[3].shape}, output {out.shape}")
+            xp = empty(pool, xshape, np.uint64)
+            _pack_xnor(x, ph, pw, mode, t, xp, wTp, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, units,
+                       out, epilogue)  # fmt: skip
+            if pool is not None:
+                pool.give(xp)
+            return out.reshape(N, cout, Ho, Wo)
     N = x.shape[0]
     kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = conv_geometry(layer, x.shape)
     dtype = np.int32 if epilogue is None else np.float32
