@@ -18,10 +18,8 @@ import argparse
 import time
 
 import numpy as np
-import torch
+from chain_end import fused_runtime  # the script's directory is on sys.path
 
-import mstc
-from mstc.engine import Runtime
 from mstc.engine.sliced import emit_planes, output_hw, plane_geometry, run_layer
 
 
@@ -62,13 +60,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--reps", type=int, default=300)
     args = p.parse_args()
-    torch.set_num_threads(1)
-    cm = mstc.load(args.model)
-    rt = Runtime(cm, "mst", threads=1)
-    x = np.random.default_rng(0).standard_normal((args.batch, *cm.input_shape))
-    x = x.astype(np.float32)
-    rt.run(x)
-    rt.plans[x.shape] = frozenset(rt.fusions)  # the fused plan, whatever the autotune chose
+    rt, x = fused_runtime(args.model, args.batch)  # the fused plan, whatever the autotune chose
     be = rt.backend
     calls: dict[str, tuple] = {}
     fused = be.conv2d_fused

@@ -16,11 +16,8 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
-from chain_end import _alternate  # the benchmarks' directory is the script's: on sys.path
+from chain_end import _alternate, fused_runtime  # the script's directory is on sys.path
 
-import mstc
-from mstc.engine import Runtime
 from mstc.engine.sliced import BitPlanes, layer_sums
 from mstc.engine.walk16 import Walk16, chunks
 
@@ -31,11 +28,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--reps", type=int, default=300)
     args = p.parse_args()
-    torch.set_num_threads(1)
-    cm = mstc.load(args.model)
-    rt = Runtime(cm, "mst", threads=1)
-    x = np.random.default_rng(0).standard_normal((args.batch, *cm.input_shape)).astype(np.float32)
-    rt.plans[x.shape] = frozenset(rt.fusions)
+    rt, x = fused_runtime(args.model, args.batch)
     be = rt.backend
     fused: dict[str, tuple] = {}
     summed: dict[str, tuple] = {}

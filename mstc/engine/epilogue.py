@@ -60,16 +60,20 @@ def _bireal(y, s, l, ka, kb, x, sa, sb, a):  # pragma: no cover - numba
 
 
 @njit(cache=True, inline="always")
+def _bireal_channel(epi, b, c):  # pragma: no cover - numba
+    """Channel c's constants (s, l, ka, kb, sa, sb, a) and image b's shortcut row of ``epi``."""
+    coef, sbn, alpha, sc = epi
+    return coef[0, c], coef[1, c], coef[2, c], coef[3, c], sbn[0, c], sbn[1, c], alpha[c], sc[b, c]
+
+
+@njit(cache=True, inline="always")
 def xnor_epilogue_row(acc, q, q0, n, epi, b, c, dst, obase, L):  # pragma: no cover - numba
     """dst[obase + p] = the Bi-Real epilogue (mode AFFINE | FMA | ADD | PRELU) of channel c's sum
     n - 2*acc[q, q0 + p] (acc: mismatch counts of any integer type), for p < L, with ``epi`` =
     :meth:`EpilogueKernel.xnor_args` (the XNOR kernels apply it as they count):
     prelu(fma(y*s + l, ka, kb) + fma(shortcut, sa, sb)); per-channel constants hoisted, so the
     loop vectorises."""
-    coef, sbn, alpha, sc = epi
-    s, l, ka, kb = coef[0, c], coef[1, c], coef[2, c], coef[3, c]
-    sa, sb, a = sbn[0, c], sbn[1, c], alpha[c]
-    src = sc[b, c]
+    s, l, ka, kb, sa, sb, a, src = _bireal_channel(epi, b, c)
     for p in range(L):  # int32 before float: numba's int64 -> float32 does not vectorise
         y = np.float32(np.int32(n - 2 * np.int64(acc[q, q0 + p])))
         dst[obase + p] = _bireal(y, s, l, ka, kb, src[obase + p], sa, sb, a)
@@ -78,10 +82,7 @@ def xnor_epilogue_row(acc, q, q0, n, epi, b, c, dst, obase, L):  # pragma: no co
 @njit(cache=True, inline="always")
 def xnor_epilogue_sums(Y, q, q0, epi, b, c, dst, obase, L):  # pragma: no cover - numba
     """:func:`xnor_epilogue_row` of the sums themselves, ``Y[q, q0 + p]`` (int16 or int32)."""
-    coef, sbn, alpha, sc = epi
-    s, l, ka, kb = coef[0, c], coef[1, c], coef[2, c], coef[3, c]
-    sa, sb, a = sbn[0, c], sbn[1, c], alpha[c]
-    src = sc[b, c]
+    s, l, ka, kb, sa, sb, a, src = _bireal_channel(epi, b, c)
     for p in range(L):
         y = np.float32(np.int32(Y[q, q0 + p]))
         dst[obase + p] = _bireal(y, s, l, ka, kb, src[obase + p], sa, sb, a)
