@@ -40,6 +40,7 @@ from mstc.engine.packed import (
     conv_geometry,
     linear_as_conv,
     packed_weights,
+    prepare_xnor,
     xnor_conv,
     xnor_layer,
 )
@@ -507,6 +508,23 @@ class MSTBackend(Backend):
             return out
         wT = sched.wTd if len(sched.ch_j) == 0 else self._full_weights(layer)
         return xnor_layer(layer, x, wT, self.threads, self.pool, (kernel, shortcut))
+
+    def prepared_xnor(self, layer: BinaryLayerCode, shape: tuple[int, ...], rule=None):
+        """A :class:`~mstc.engine.packed.PreparedXnor` for a layer that runs XNOR on every channel
+        at float inputs of ``shape`` on one thread (as :meth:`conv2d_epilogue`); None while the
+        kernel for this shape is not chosen yet, False where it is the tree kernel (or more
+        threads, or the table-lookup kernel)."""
+        if _set_threads(self.threads) != 1:
+            return False
+        sched = self.schedules[layer.name]
+        if len(sched.ch_j) == 0:
+            wT = sched.wTd
+        else:
+            kernel = self.kernels.get((layer.name, tuple(shape)))
+            if kernel != "xnor":
+                return None if kernel is None else False
+            wT = self._full_weights(layer)
+        return prepare_xnor(layer, shape, wT, rule) or False
 
     def _tune(self, layer, sched, inp, geom, out, nthreads) -> str:
         return fastest(

@@ -37,6 +37,7 @@ from mstc.engine.epilogue import xnor_epilogue_row
 from mstc.engine.fold import PackedBits, RuledInput
 from mstc.format import BinaryLayerCode
 
+_FLOAT32 = np.dtype(np.float32)
 #: words of patch tile (patch words x positions) the XNOR kernel gathers per unit of output rows
 TILE_WORDS = 4096
 
@@ -428,44 +429,78 @@ def linear_as_conv(layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(x.shape[0], layer.n, 1, 1))
 
 
-#: (id(wT), layer name, input shape, XNOR_KERNEL) -> (weakref to wT, the arguments of
-#: :func:`_pack_xnor` for a float input on one thread by popcounts, or False: another path)
-_prepared: dict[tuple, tuple[weakref.ref, tuple | bool]] = {}
+class PreparedXnor:
+    """A binary conv by dense XNOR-popcount on one thread, prepared for one float32 input shape
+    and one binarisation rule: its geometry, padded weights and tile rows are worked out once,
+    and each call packs the input and counts in one numba call (:func:`_pack_xnor`). At batch 1
+    the Python around a layer's kernels cost about as much as the kernels did.
+
+    Made by :func:`prepare_xnor` (None where another path applies). A call returns the int32
+    sums (N, Cout, Ho, Wo), or with ``epi`` (``EpilogueKernel.xnor_args`` of the shortcut) the
+    float32 epilogue applied inside the kernel, in arrays lent by ``pool``; or None where this
+    call must take the general path: ``XNOR_KERNEL`` changed since, or an input that is not a
+    C-contiguous float32 array of the prepared shape."""
+
+    __slots__ = ("shape", "kernel", "_out3", "_out4", "_xshape", "_head", "_tail")
+
+    def __init__(self, layer: BinaryLayerCode, shape: tuple[int, ...], wT, rule, geometry):
+        kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = geometry
+        N, C = shape[0], shape[1]
+        mode, t = sign_rule(C) if rule is None else rule
+        mode = np.ascontiguousarray(mode, dtype=np.int8)
+        t = np.ascontiguousarray(t, dtype=np.float32)
+        if mode.shape != (C,) or t.shape != (C,):
+            raise ValueError(f"layer {layer.name}: input rule for {mode.shape} channels, need {C}")
+        wTp = pad_patch_words(wT)
+        R = max(1, (TILE_WORDS // wTp.shape[0]) // Wo)
+        self.shape = tuple(shape)
+        self.kernel = XNOR_KERNEL
+        self._out3 = (N, layer.cout, Ho * Wo)
+        self._out4 = (N, layer.cout, Ho, Wo)
+        self._xshape = (N, shape[2] + 2 * ph, shape[3] + 2 * pw, (C + 63) // 64)
+        self._head = (ph, pw, mode, t)
+        self._tail = (wTp, layer.n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, (N * Ho + R - 1) // R)
+
+    def __call__(self, x: np.ndarray, pool, epi: tuple | None = None) -> np.ndarray | None:
+        if (
+            XNOR_KERNEL != self.kernel
+            or x.shape != self.shape
+            or x.dtype is not _FLOAT32  # (a float32 of the other byte order: the general path)
+            or not x.flags.c_contiguous
+        ):
+            return None
+        if epi is not None and epi[3].shape != self._out3:
+            raise ValueError(f"shortcut of shape {epi[3].shape}, output {self._out4}")
+        # the output as the pool's own 4-d array (giving back a view costs more)
+        out = empty(pool, self._out4, np.int32 if epi is None else np.float32)
+        xp = empty(pool, self._xshape, np.uint64)
+        _pack_xnor(x, *self._head, xp, *self._tail, out.reshape(self._out3), epi)
+        if pool is not None:
+            pool.give(xp)
+        return out
 
 
-def _prepare(layer: BinaryLayerCode, shape: tuple[int, ...], wT: np.ndarray) -> tuple | bool:
-    kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = conv_geometry(layer, shape)
-    N = shape[0]
-    xshape = (N, shape[2] + 2 * ph, shape[3] + 2 * pw, (shape[1] + 63) // 64)
-    if Ho * Wo * N * layer.cout == 0 or _lookup_kernel(
+def prepare_xnor(
+    layer: BinaryLayerCode, shape: tuple[int, ...], wT: np.ndarray, rule=None
+) -> PreparedXnor | None:
+    """A :class:`PreparedXnor` of ``layer`` with packed weights ``wT`` for float inputs of
+    ``shape`` binarised by ``rule`` ((mode, t) as :class:`~mstc.engine.fold.RuledInput`; None:
+    sign), or None where the popcount kernel does not run it (an empty output, or the
+    table-lookup kernel chosen under ``XNOR_KERNEL``)."""
+    if len(shape) != 4 or shape[1] != (layer.cin if layer.kind == "conv2d" else layer.n):
+        raise ValueError(f"layer {layer.name}: no conv input of shape {tuple(shape)}")
+    geometry = conv_geometry(layer, shape)
+    kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = geometry
+    xshape = (shape[0], shape[2] + 2 * ph, shape[3] + 2 * pw, (shape[1] + 63) // 64)
+    if Ho * Wo * shape[0] * layer.cout == 0 or _lookup_kernel(
         xshape, wT, layer.n, (kh, kw, sh, sw, dh, dw), Ho, Wo
     ):
-        return False
-    wTp = pad_patch_words(wT)
-    R = max(1, (TILE_WORDS // wTp.shape[0]) // Wo)
-    units = (N * Ho + R - 1) // R
-    mode, t = sign_rule(shape[1])
-    return (
-        N,
-        layer.cout,
-        Ho,
-        Wo,
-        xshape,
-        ph,
-        pw,
-        mode,
-        t,
-        wTp,
-        layer.n,
-        kh,
-        kw,
-        sh,
-        sw,
-        dh,
-        dw,
-        R,
-        units,
-    )
+        return None
+    return PreparedXnor(layer, shape, wT, rule, geometry)
+
+
+#: (id(wT), layer name, input shape, XNOR_KERNEL) -> (weakref to wT, its PreparedXnor or None)
+_prepared: dict[tuple, tuple[weakref.ref, PreparedXnor | None]] = {}
 
 
 def xnor_layer(layer: BinaryLayerCode, x, wT: np.ndarray, threads, pool, epilogue=None):
@@ -474,41 +509,28 @@ def xnor_layer(layer: BinaryLayerCode, x, wT: np.ndarray, threads, pool, epilogu
     :class:`~mstc.engine.epilogue.EpilogueKernel` that ``fuses_into_xnor``, its shortcut) the
     float32 epilogue of the sums, applied inside the kernel. Arrays from ``pool``.
 
-    A float input on one thread by popcounts takes a prepared path (its geometry worked out once
-    per layer, shape and weights; packing and counting in one numba call): at batch 1 the
-    Python around the kernels cost as much as they did."""
+    A float input on one thread by popcounts takes a :class:`PreparedXnor` (made once per
+    weights array, layer and shape)."""
     nthreads = _set_threads(threads)
+    if epilogue is not None:
+        epilogue = epilogue[0].xnor_args(epilogue[1])
     if nthreads == 1 and type(x) is np.ndarray:
         key = (id(wT), layer.name, x.shape, XNOR_KERNEL)
         entry = _prepared.get(key)
         if entry is None or entry[0]() is not wT:  # new, or another array at a freed one's id
             if len(_prepared) > 1024:
                 _prepared.clear()
-            entry = _prepared[key] = (weakref.ref(wT), _prepare(layer, x.shape, wT))
-        p = entry[1]
-        if p:
-            N, cout, Ho, Wo, xshape, ph, pw, mode, t, wTp, n, kh, kw, sh, sw, dh, dw, R, units = p
-            if epilogue is None:
-                out = empty(pool, (N, cout, Ho * Wo), np.int32)
-            else:
-                out = empty(pool, (N, cout, Ho * Wo), np.float32)
-                epilogue = epilogue[0].xnor_args(epilogue[1])
-                if epilogue[3].shape != out.shape:
-                    raise ValueError(f"shortcut of shape {epilogue[3].shape}, output {out.shape}")
-            xp = empty(pool, xshape, np.uint64)
-            _pack_xnor(x, ph, pw, mode, t, xp, wTp, n, kh, kw, sh, sw, dh, dw, Ho, Wo, R, units,
-                       out, epilogue)  # fmt: skip
-            if pool is not None:
-                pool.give(xp)
-            return out.reshape(N, cout, Ho, Wo)
+            entry = _prepared[key] = (weakref.ref(wT), prepare_xnor(layer, x.shape, wT))
+        if entry[1] is not None:
+            y = entry[1](x, pool, epilogue)
+            if y is not None:
+                return y
     N = x.shape[0]
     kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = conv_geometry(layer, x.shape)
     dtype = np.int32 if epilogue is None else np.float32
     out = empty(pool, (N, layer.cout, Ho * Wo), dtype)
     if out.size == 0:
         return out.reshape(N, layer.cout, Ho, Wo)
-    if epilogue is not None:
-        epilogue = epilogue[0].xnor_args(epilogue[1])
     xp = pack_binary_input(x, (ph, pw), nthreads, pool)
     xnor_conv(xp, wT, layer.n, (kh, kw, sh, sw, dh, dw), Ho, Wo, out, nthreads, epilogue)
     if pool is not None and not isinstance(x, PackedBits):  # PackedBits: the caller's words
@@ -548,3 +570,11 @@ class PackedBackend(Backend):
 
     def linear(self, layer: BinaryLayerCode, x: np.ndarray) -> np.ndarray:
         return self._conv(layer, linear_as_conv(layer, x)).reshape(x.shape[0], layer.cout)
+
+    def prepared_xnor(self, layer: BinaryLayerCode, shape: tuple[int, ...], rule=None):
+        """A :class:`PreparedXnor` running ``layer`` on float inputs of ``shape`` (binarised by
+        ``rule``, None: sign) on one thread; False where it never applies (more threads, or
+        the table-lookup kernel chosen)."""
+        if _set_threads(self.threads) != 1:
+            return False
+        return prepare_xnor(layer, shape, self._w[layer.name], rule) or False
