@@ -21,6 +21,16 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modul
     return model.eval()
 
 
+def randomize_float_parts(model: torch.nn.Module, seed: int) -> None:
+    """Random BatchNorm statistics (randomize_batchnorm) and PReLU slopes."""
+    randomize_batchnorm(model, seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.PReLU):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.5)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize_batchnorm
+from conftest import randomize_float_parts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -183,16 +183,6 @@ def test_epilogue_bad_shapes():
         epilogue(sums, np.zeros((3, 6), np.float32), 5, pool=True)
 
 
-def _randomise_float_parts(model: torch.nn.Module, seed: int) -> None:
-    """Random BatchNorm statistics (conftest) and PReLU slopes."""
-    randomize_batchnorm(model, seed)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.PReLU):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.5)
-
-
 @pytest.mark.parametrize(
     "name,kw,shape",
     [
@@ -211,7 +201,7 @@ def test_models_with_epilogues(name, kw, shape, backend, form):
     model = create_model(name, **kw).eval()
     if cluster:
         cluster_weights(model, centres=2, flip=0.01, seed=0)
-    _randomise_float_parts(model, 1)
+    randomize_float_parts(model, 1)
     cm = mstc.compress(model, input_shape=shape[1:])
     rt = Runtime(cm, backend, threads=1)
     if cluster and backend == "mst":  # the tree kernel on every layer, then the epilogue
@@ -268,7 +258,7 @@ def test_plan_choice_fused_and_unfused():
 
     torch.manual_seed(0)
     model = create_model("vgg_small", width=0.125, image_size=16).eval()
-    _randomise_float_parts(model, 2)
+    randomize_float_parts(model, 2)
     cluster_weights(model, centres=2, flip=0.01, seed=3)
     cm = mstc.compress(model, complement=True, input_shape=(3, 16, 16))
     x = np.random.default_rng(8).standard_normal((2, 3, 16, 16)).astype(np.float32)
@@ -335,7 +325,7 @@ def test_epilogue_in_xnor_two_threads(backend):
     identical to the reference."""
     torch.manual_seed(0)
     model = create_model("resnet20", width=0.3).eval()
-    _randomise_float_parts(model, 2)
+    randomize_float_parts(model, 2)
     cm = mstc.compress(model, input_shape=(3, 16, 16))
     x = np.random.default_rng(6).standard_normal((5, 3, 16, 16)).astype(np.float32)
     rt = Runtime(cm, backend, threads=2)

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 
 from mstc.engine.backend import fastest, get_backend
 from mstc.engine.buffers import BufferPool
+from mstc.engine.chain import BiRealChain
 from mstc.engine.epilogue import EpilogueKernel, affine_form, shortcut_bn_form
 from mstc.engine.floatconv import FloatConv, bits_plan, faster_than_torch, torch_order
 from mstc.engine.floatops import avg_pool2d, pool_output_size
@@ -112,6 +113,35 @@ def _np(v) -> np.ndarray:
 def _torch(v):
     """A value as a torch tensor (numpy arrays share their memory)."""
     return torch.from_numpy(v) if type(v) is np.ndarray else v
+
+
+def _pool_args(a: dict) -> tuple:
+    """An avg_pool2d node's attributes as the arguments of
+    :func:`mstc.engine.floatops.avg_pool2d` (and torch's) after the input."""
+    return (
+        tuple(a["kernel_size"]),
+        tuple(a["stride"]),
+        tuple(a["padding"]),
+        a["ceil_mode"],
+        a["count_include_pad"],
+        a["divisor_override"],
+    )
+
+
+def _per_shape(make):
+    """``get(shape)``: ``make(shape)`` kept per input shape once decided (a prepared object, or
+    False: never at this shape); None while undecided (made again at the next call)."""
+    by_shape: dict[tuple[int, ...], Any] = {}
+
+    def get(shape: tuple[int, ...]):
+        p = by_shape.get(shape)
+        if p is None:
+            p = make(shape)
+            if p is not None:
+                by_shape[shape] = p
+        return p
+
+    return get
 
 
 def _is_pool2(a: dict) -> bool:
@@ -191,6 +221,10 @@ class Runtime:
         self.float_convs: bool | str = True
         #: inference passes run a compiled Program per plan (False: the plain ``_pass``)
         self.compiled_passes = True
+        #: compiled passes bind each step's arguments once: Bi-Real convs run a backend's
+        #: ``prepared_xnor`` per input shape, one-input float ops their parameters bound (False:
+        #: every step through the general calls; an A/B switch, ``benchmarks/passes.py``)
+        self.prepared_steps = True
         self._programs: dict[tuple, Program] = {}
         #: conv node -> its FloatConv (None: not applicable)
         self._float_conv_kernels: dict[str, FloatConv | None] = {}
@@ -549,6 +583,7 @@ class Runtime:
         key = (
             active,
             self.epilogues_in_xnor,
+            self.prepared_steps,
             id(self.epilogues),
             id(self._epilogue_at),
             id(self.fusions),
@@ -581,6 +616,8 @@ class Runtime:
         #: BatchNorm (fused: the conv runs as a fusion of this plan, reading bit planes)
         folded_reads: dict[int, list[tuple[Any, tuple[int, int], BinaryLayerCode, bool]]] = {}
         float_convs: dict[int, tuple[int, Node]] = {}  # float conv's output slot -> step, node
+        #: step -> (src, shortcut, out slot, layer, kernel, input fold, step) of each Bi-Real conv
+        bireal: dict[int, tuple] = {}
 
         def conv_input(node: Node, fused: bool = False):
             """(slot read, function of the slot's value giving the conv's input)."""
@@ -611,10 +648,24 @@ class Runtime:
                 if producer in deferred:
                     src, make = deferred.pop(producer)
                     layer = self.compressed.layers[self._nodes[producer].attrs["layer"]]
+                    fold = self.input_folds.get(producer)
+                    ready = None
+                    if self.prepared_steps:
+                        ready = self._prepared_step(layer, None if fold is None else fold[2])
 
-                    def step(v, src=src, make=make, layer=layer, kernel=kernel, sc=sc, out=out):
-                        v[out] = backend.conv2d_epilogue(layer, make(v[src]), kernel, _np(v[sc]))
+                    def step(v, src=src, make=make, layer=layer, kernel=kernel, sc=sc, out=out,
+                             ready=ready):  # fmt: skip
+                        x, s = v[src], _np(v[sc])
+                        if type(x) is not np.ndarray and type(x) is torch.Tensor:
+                            x = _np(x)
+                        if ready is not None and type(x) is np.ndarray:
+                            y = ready(x, kernel, s)
+                            if y is not None:
+                                v[out] = y
+                                return
+                        v[out] = backend.conv2d_epilogue(layer, make(x), kernel, s)
 
+                    bireal[len(steps)] = (src, sc, out, layer, kernel, fold, step)
                     steps.append(step)
                     reads.append([src, sc])
                 else:
@@ -680,12 +731,22 @@ class Runtime:
                 view = ins[0] if node.op in _VIEW_OPS else None
                 out = slot(name, view_of=view)
 
-                def step(v, node=node, ins=ins, make=make, out=out):
-                    if make is not None:
-                        args = [make(v[ins[0]])]
-                    else:
-                        args = [_torch(v[i]) for i in ins]
-                    v[out] = self._apply(node, args, {}, False)
+                op = None
+                if self.prepared_steps and make is None and len(ins) == 1:
+                    op = self._float_step(node)
+                if op is not None:
+
+                    def step(v, op=op, src=ins[0], out=out):
+                        v[out] = op(v[src])
+
+                else:
+
+                    def step(v, node=node, ins=ins, make=make, out=out):
+                        if make is not None:
+                            args = [make(v[ins[0]])]
+                        else:
+                            args = [_torch(v[i]) for i in ins]
+                        v[out] = self._apply(node, args, {}, False)
 
                 if node.op == "conv2d":
                     float_convs[out] = (len(steps), node)
@@ -717,6 +778,8 @@ class Runtime:
                     v[out] = self._stem_bits(node, _torch(v[src]), rule, padding, pl)
 
                 steps[k] = step
+        if self.prepared_steps:
+            steps, reads = self._chain_bireal(steps, reads, bireal, group, output_slot)
         # release each memory group after the last step reading any of its slots
         last: dict[int, int] = {}
         for k, rs in enumerate(reads):
@@ -730,6 +793,157 @@ class Runtime:
             if g != group[output_slot]:
                 releases[k].append((g, *[m for m in members[g] if m != g]))
         return Program(steps, releases, len(group), input_slot, output_slot)
+
+    def _chain_bireal(self, steps: list, reads: list, bireal: dict, group: list, output_slot: int):
+        """(steps, reads) with each run of two or more Bi-Real convs where conv i reads only the
+        output of conv i-1, as input and shortcut (:mod:`mstc.engine.chain`), as one step."""
+        n_reads = Counter(r for rs in reads for r in rs)
+
+        def links(k: int) -> bool:  # step k's output is only step k+1's input and shortcut
+            if k not in bireal or k + 1 not in bireal:
+                return False
+            out = bireal[k][2]
+            src, sc = bireal[k + 1][:2]
+            return (
+                src == out == sc
+                and n_reads[out] == 2
+                and out != output_slot
+                and group.count(group[out]) == 1
+            )
+
+        pool = self.pool
+        new_steps, new_reads, k = [], [], 0
+        while k < len(steps):
+            end = k
+            while links(end):
+                end += 1
+            if end == k:
+                new_steps.append(steps[k])
+                new_reads.append(reads[k])
+                k += 1
+                continue
+            run = [bireal[i] for i in range(k, end + 1)]
+            src, sc, fold = run[0][0], run[0][1], run[0][5]
+            ready = self._prepared_chain(
+                [r[3] for r in run], [r[4] for r in run], None if fold is None else fold[2]
+            )
+
+            parts = tuple(r[6] for r in run)
+            inner = tuple(r[2] for r in run[:-1])  # the slots only the next conv reads
+
+            def step(v, src=src, sc=sc, out=run[-1][2], ready=ready, parts=parts, inner=inner):
+                x, s = v[src], _np(v[sc])
+                if type(x) is not np.ndarray and type(x) is torch.Tensor:
+                    x = _np(x)
+                if type(x) is np.ndarray:
+                    y = ready(x, s)
+                    if y is not None:
+                        v[out] = y
+                        return
+                parts[0](v)  # one by one, each output given back once the next conv ran
+                for part, done in zip(parts[1:], inner, strict=True):
+                    part(v)
+                    pool.give(_np(v[done]))
+                    v[done] = None
+
+            new_steps.append(step)
+            new_reads.append([src, sc])
+            k = end + 1
+        return new_steps, new_reads
+
+    def _prepared_chain(self, layers: list[BinaryLayerCode], kernels: list, rule):
+        """``ready(x, shortcut)``: a run of Bi-Real convs as one :class:`BiRealChain` (one per
+        input shape, made once every conv has a ``prepared_xnor`` for it), or None (the step
+        then runs them one by one)."""
+        prepare = getattr(self.backend, "prepared_xnor", None)
+        pool = self.pool
+
+        def make(shape: tuple[int, ...]):
+            first = prepare(layers[0], shape, rule)
+            if not first:
+                return first
+            blocks = [first]
+            for layer in layers[1:]:
+                b = prepare(layer, first._out4, None)
+                if not b:
+                    return b
+                blocks.append(b)
+            try:
+                return BiRealChain(blocks, kernels)
+            except ValueError:  # another geometry: not a chain
+                return False
+
+        get = _per_shape(make if prepare is not None else lambda shape: False)
+
+        def ready(x: np.ndarray, shortcut: np.ndarray):
+            p = get(x.shape)
+            return p(x, shortcut, pool) if p else None
+
+        return ready
+
+    def _float_step(self, node: Node):
+        """``f(value)`` of a one-input float op of a compiled pass with its parameters bound
+        once (what :meth:`_apply` does, less its per-call lookups: at batch 1 they cost more than
+        some of the ops), or None for :meth:`_apply`."""
+        a, op = node.attrs, node.op
+        if op == "conv2d" and self._float_conv(node) is None:
+            w, b = self._p(node, "weight"), self._p(node, "bias")
+            conv_args = (tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"])
+            return lambda x: F.conv2d(_torch(x), w, b, *conv_args)
+        if op == "linear":
+            w, b = self._p(node, "weight"), self._p(node, "bias")
+            return lambda x: F.linear(_torch(x), w, b)
+        if op == "adaptive_avg_pool2d":
+            size = a["output_size"]
+            size = tuple(size) if isinstance(size, list) else size
+            return lambda x: F.adaptive_avg_pool2d(_torch(x), size)
+        if op == "flatten":
+            start, end = a["start_dim"], a["end_dim"]
+            return lambda x: torch.flatten(_torch(x), start, end)
+        if op == "avg_pool2d":
+            pool_args = _pool_args(a)
+            out_shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+            def avg_pool(x):
+                """floatops.avg_pool2d straight on a float32 NCHW array (no torch wrapping)."""
+                if (
+                    type(x) is not np.ndarray
+                    or x.dtype != np.float32
+                    or x.ndim != 4
+                    or not x.flags.c_contiguous
+                ):
+                    return self._avg_pool2d(_torch(x), a)
+                shape = out_shapes.get(x.shape)
+                if shape is None:
+                    (kh, kw), (sh, sw), (ph, pw) = pool_args[:3]
+                    n, c, h, w = x.shape
+                    shape = out_shapes[x.shape] = (
+                        n,
+                        c,
+                        pool_output_size(h, kh, sh, ph, a["ceil_mode"]),
+                        pool_output_size(w, kw, sw, pw, a["ceil_mode"]),
+                    )
+                return avg_pool2d(x, *pool_args, out=self.pool.empty(shape, np.float32))
+
+            return avg_pool
+        return None
+
+    def _prepared_step(self, layer: BinaryLayerCode, rule):
+        """``ready(x, kernel, shortcut)``: a Bi-Real conv of a compiled pass run by the backend's
+        ``prepared_xnor`` (:class:`~mstc.engine.packed.PreparedXnor`, one per input shape, made on
+        first use) where it has one for float input ``x``, else None (the step then takes
+        ``conv2d_epilogue``)."""
+        prepare = getattr(self.backend, "prepared_xnor", None)
+        pool = self.pool
+        get = _per_shape(
+            (lambda shape: prepare(layer, shape, rule)) if prepare else (lambda shape: False)
+        )
+
+        def ready(x: np.ndarray, kernel: EpilogueKernel, shortcut: np.ndarray):
+            p = get(x.shape)
+            return p(x, pool, kernel.xnor_args(shortcut)) if p else None
+
+        return ready
 
     def _execute(self, program: Program, x: torch.Tensor) -> np.ndarray:
         v: list = [None] * program.n_slots
@@ -819,14 +1033,7 @@ class Runtime:
     def _avg_pool2d(self, x: torch.Tensor, a: dict) -> torch.Tensor:
         """torch's avg_pool2d; for float32 NCHW inputs :func:`mstc.engine.floatops.avg_pool2d`,
         the same float operations in the same order (tested bit-identical), ~10x faster."""
-        args = (
-            tuple(a["kernel_size"]),
-            tuple(a["stride"]),
-            tuple(a["padding"]),
-            a["ceil_mode"],
-            a["count_include_pad"],
-            a["divisor_override"],
-        )
+        args = _pool_args(a)
         if x.dtype != torch.float32 or x.dim() != 4 or not x.is_contiguous():
             return F.avg_pool2d(x, *args)
         (kh, kw), (sh, sw), (ph, pw) = args[:3]
