@@ -10,7 +10,9 @@ older checkout too, for side-by-side comparisons on a noisy machine (alternate t
 only in the Runtime flag FLAG, after checking that their logits are identical:
 ``epilogues_in_xnor`` (``--ab-epilogue``: the XNOR kernel applying Bi-Real epilogues as it
 counts, or the sums then the epilogue pass), ``float_convs`` (full-precision convs by
-``mstc.engine.floatconv`` into pooled buffers, or torch's).
+``mstc.engine.floatconv`` into pooled buffers, or torch's), ``prepared_steps`` (compiled steps
+with their arguments bound once and Bi-Real runs chained in one call, ``mstc.engine.chain``, or
+every step through the general calls).
 ``--avg-pool`` times torch's ``avg_pool2d`` against ``mstc.engine.floatops.avg_pool2d`` on the
 shortcut pools of resnet20 at batch 32.
 """

@@ -32,8 +32,8 @@ def _run_chain(
     x, sc, ints, w0, ws, mode0, t0, mode, t, coef, sbn, alpha, xp0, xp, A, B
 ):  # pragma: no cover - numba
     """Block 0 reads ``x`` (rule mode0/t0, weights w0, scratch xp0) and shortcut ``sc``; block
-    i > 0 reads block i-1's output (sign rule mode/t, weights ws[i-1], scratch xp) as input and
-    shortcut. Block i writes A (i even) or B (i odd). ``ints[i]`` = (ph, pw, n, kh, kw, sh, sw, dh,
+    i > 0 reads block i-1's output (sign rule mode/t, weights ws[i-1] of the tuple ws, scratch xp)
+    as input and shortcut. Block i writes A (i even) or B (i odd). ``ints[i]`` = (ph, pw, n, kh, kw, sh, sw, dh,
     dw, Ho, Wo, R, units); coef / sbn / alpha [L, ...] the blocks' epilogue constants."""
     N = x.shape[0]
     cur = x
@@ -72,9 +72,8 @@ class BiRealChain:
         out4 = first._out4
         if any(b.shape != out4 or b._out4 != out4 for b in rest):
             raise ValueError("chained blocks must read and write the first block's output shape")
-        if any(b._xshape != rest[0]._xshape or b._tail[0].shape != rest[0]._tail[0].shape
-               for b in rest):  # fmt: skip
-            raise ValueError("chained blocks after the first must share one geometry")
+        if any(b._xshape != rest[0]._xshape for b in rest):
+            raise ValueError("chained blocks after the first must share one input geometry")
         if any(not k.fuses_into_xnor or k.C != out4[1] for k in kernels):
             raise ValueError("every block needs a Bi-Real epilogue of its output channels")
         if any(b._head[2].shape != (out4[1],) for b in rest):
@@ -83,8 +82,13 @@ class BiRealChain:
         self._out4, self._out3 = out4, first._out3
         self._xshape0, self._xshape = first._xshape, rest[0]._xshape
         self._ints = np.array([(*b._head[:2], *b._tail[1:]) for b in blocks], dtype=np.int64)
-        self._w0 = np.ascontiguousarray(first._tail[0])
-        self._ws = np.ascontiguousarray(np.stack([b._tail[0] for b in rest]))
+        # the blocks' own weight arrays (a tuple: no copy; numba compiles one _run_chain per
+        # chain length)
+        self._w0 = first._tail[0]
+        # (one array type for the tuple: a read-only array, rare, is copied)
+        self._ws = tuple(w if w.flags.writeable else w.copy() for w in (b._tail[0] for b in rest))
+        if any(not w.flags.c_contiguous for w in (self._w0, *self._ws)):
+            raise ValueError("chained blocks need C-contiguous packed weights")
         self._rule0 = first._head[2:]
         self._rule = rest[0]._head[2:]
         if any(

@@ -128,6 +128,22 @@ def _pool_args(a: dict) -> tuple:
     )
 
 
+def _release(v: list, release: list[tuple[int, ...]], pool: BufferPool) -> None:
+    """Drop the slot groups of ``release`` ((root slot, views...) each) from the values ``v``,
+    the root's memory given back to ``pool``."""
+    for root, *views in release:
+        a = v[root]
+        if type(a) is np.ndarray:
+            pool.give(a)
+        elif type(a) is PackedBits:
+            pool.give(a.words)
+        elif isinstance(a, torch.Tensor) and a.numel():
+            pool.give_address(a.untyped_storage().data_ptr())
+        v[root] = None
+        for m in views:
+            v[m] = None
+
+
 def _per_shape(make):
     """``get(shape)``: ``make(shape)`` kept per input shape once decided (a prepared object, or
     False: never at this shape); None while undecided (made again at the next call)."""
@@ -778,8 +794,6 @@ class Runtime:
                     v[out] = self._stem_bits(node, _torch(v[src]), rule, padding, pl)
 
                 steps[k] = step
-        if self.prepared_steps:
-            steps, reads = self._chain_bireal(steps, reads, bireal, group, output_slot)
         # release each memory group after the last step reading any of its slots
         last: dict[int, int] = {}
         for k, rs in enumerate(reads):
@@ -792,11 +806,16 @@ class Runtime:
         for g, k in last.items():
             if g != group[output_slot]:
                 releases[k].append((g, *[m for m in members[g] if m != g]))
+        if self.prepared_steps:
+            steps, releases = self._chain_bireal(steps, reads, releases, bireal, group, output_slot)
         return Program(steps, releases, len(group), input_slot, output_slot)
 
-    def _chain_bireal(self, steps: list, reads: list, bireal: dict, group: list, output_slot: int):
-        """(steps, reads) with each run of two or more Bi-Real convs where conv i reads only the
-        output of conv i-1, as input and shortcut (:mod:`mstc.engine.chain`), as one step."""
+    def _chain_bireal(
+        self, steps: list, reads: list, releases: list, bireal: dict, group: list, output_slot: int
+    ):
+        """(steps, releases) with each run of two or more Bi-Real convs where conv i reads only
+        the output of conv i-1, as input and shortcut (:mod:`mstc.engine.chain`), as one step
+        releasing what they released."""
         n_reads = Counter(r for rs in reads for r in rs)
 
         def links(k: int) -> bool:  # step k's output is only step k+1's input and shortcut
@@ -812,14 +831,14 @@ class Runtime:
             )
 
         pool = self.pool
-        new_steps, new_reads, k = [], [], 0
+        new_steps, new_releases, k = [], [], 0
         while k < len(steps):
             end = k
             while links(end):
                 end += 1
             if end == k:
                 new_steps.append(steps[k])
-                new_reads.append(reads[k])
+                new_releases.append(releases[k])
                 k += 1
                 continue
             run = [bireal[i] for i in range(k, end + 1)]
@@ -827,11 +846,10 @@ class Runtime:
             ready = self._prepared_chain(
                 [r[3] for r in run], [r[4] for r in run], None if fold is None else fold[2]
             )
-
             parts = tuple(r[6] for r in run)
-            inner = tuple(r[2] for r in run[:-1])  # the slots only the next conv reads
+            between = tuple(releases[i] for i in range(k, end))
 
-            def step(v, src=src, sc=sc, out=run[-1][2], ready=ready, parts=parts, inner=inner):
+            def step(v, src=src, sc=sc, out=run[-1][2], ready=ready, parts=parts, between=between):
                 x, s = v[src], _np(v[sc])
                 if type(x) is not np.ndarray and type(x) is torch.Tensor:
                     x = _np(x)
@@ -840,16 +858,16 @@ class Runtime:
                     if y is not None:
                         v[out] = y
                         return
-                parts[0](v)  # one by one, each output given back once the next conv ran
-                for part, done in zip(parts[1:], inner, strict=True):
-                    part(v)
-                    pool.give(_np(v[done]))
-                    v[done] = None
+                for part, release in zip(parts[:-1], between, strict=True):
+                    part(v)  # one by one, releasing as the steps would have
+                    _release(v, release, pool)
+                parts[-1](v)
 
             new_steps.append(step)
-            new_reads.append([src, sc])
+            # the runs' releases after the chain (those made between the parts find None)
+            new_releases.append([r for i in range(k, end + 1) for r in releases[i]])
             k = end + 1
-        return new_steps, new_reads
+        return new_steps, new_releases
 
     def _prepared_chain(self, layers: list[BinaryLayerCode], kernels: list, rule):
         """``ready(x, shortcut)``: a run of Bi-Real convs as one :class:`BiRealChain` (one per
@@ -952,17 +970,8 @@ class Runtime:
         with torch.no_grad():
             for step, release in zip(program.steps, program.releases, strict=True):
                 step(v)
-                for root, *views in release:
-                    a = v[root]
-                    if type(a) is np.ndarray:
-                        pool.give(a)
-                    elif type(a) is PackedBits:
-                        pool.give(a.words)
-                    elif isinstance(a, torch.Tensor) and a.numel():
-                        pool.give_address(a.untyped_storage().data_ptr())
-                    v[root] = None
-                    for m in views:
-                        v[m] = None
+                if release:
+                    _release(v, release, pool)
         out = v[program.output_slot]
         if type(out) is np.ndarray:
             return out.copy() if pool.lent(pool._address(out)) else out
