@@ -464,8 +464,13 @@ class MSTBackend(Backend):
 
     def _conv(self, layer: BinaryLayerCode, x) -> np.ndarray:
         """int32 sums by the int kernels; ``x`` float NCHW (checked) or bit planes."""
-        nthreads = _set_threads(self.threads)
         sched = self.schedules[layer.name]
+        if not isinstance(x, BitPlanes):  # plain XNOR as packed runs it (prepared where it can)
+            if len(sched.ch_j) == 0:
+                return xnor_layer(layer, x, sched.wTd, self.threads, self.pool)
+            if self.kernels.get((layer.name, tuple(x.shape))) == "xnor":
+                return xnor_layer(layer, x, self._full_weights(layer), self.threads, self.pool)
+        nthreads = _set_threads(self.threads)
         N = x.shape[0]
         kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = conv_geometry(layer, x.shape)
         geom = (kh, kw, sh, sw, dh, dw, ph, pw, Ho, Wo)
