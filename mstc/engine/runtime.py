@@ -34,7 +34,11 @@ the integer sums, ``return_sums``). For inference the runtime compiles each plan
 :class:`Program` (``_program``): one closure per node that does work, values in numbered slots,
 identity nodes as aliases, engine arrays kept as numpy (no torch round trips), and the buffers to
 give back after each step listed in advance. It computes the same values as ``_pass``
-(tests compare the logits bit for bit); at batch 1 the per-node Python is a large part of a pass.
+(tests compare the logits bit for bit); at batch 1 the per-node Python is a large part of a pass,
+so the steps bind their arguments once (``prepared_steps``): a Bi-Real conv runs its backend's
+prepared one-thread XNOR call per input shape, float ops are closures over their parameters, and
+a run of Bi-Real blocks where each reads only the previous block's output (a ResNet stage) is one
+step, one numba call (:mod:`mstc.engine.chain`).
 """
 
 from __future__ import annotations
