@@ -164,6 +164,24 @@ def _per_shape(make):
     return get
 
 
+def _pool_output_shape(shape: tuple[int, ...], args: tuple) -> tuple[int, int, int, int]:
+    """The NCHW output shape of avg_pool2d with :func:`_pool_args` ``args`` on ``shape``."""
+    (kh, kw), (sh, sw), (ph, pw), ceil_mode = args[:4]
+    n, c, h, w = shape
+    return (
+        n,
+        c,
+        pool_output_size(h, kh, sh, ph, ceil_mode),
+        pool_output_size(w, kw, sw, pw, ceil_mode),
+    )
+
+
+def _conv_input(v):
+    """A slot's value for a binary conv step: torch tensors as numpy (sharing memory), anything
+    else (numpy, RuledInput, bit planes) as it is."""
+    return _np(v) if type(v) is torch.Tensor else v
+
+
 def _is_pool2(a: dict) -> bool:
     return (
         list(a["kernel_size"]) == [2, 2]
@@ -675,9 +693,7 @@ class Runtime:
 
                     def step(v, src=src, make=make, layer=layer, kernel=kernel, sc=sc, out=out,
                              ready=ready):  # fmt: skip
-                        x, s = v[src], _np(v[sc])
-                        if type(x) is not np.ndarray and type(x) is torch.Tensor:
-                            x = _np(x)
+                        x, s = _conv_input(v[src]), _np(v[sc])
                         if ready is not None and type(x) is np.ndarray:
                             y = ready(x, kernel, s)
                             if y is not None:
@@ -854,9 +870,7 @@ class Runtime:
             between = tuple(releases[i] for i in range(k, end))
 
             def step(v, src=src, sc=sc, out=run[-1][2], ready=ready, parts=parts, between=between):
-                x, s = v[src], _np(v[sc])
-                if type(x) is not np.ndarray and type(x) is torch.Tensor:
-                    x = _np(x)
+                x, s = _conv_input(v[src]), _np(v[sc])
                 if type(x) is np.ndarray:
                     y = ready(x, s)
                     if y is not None:
@@ -937,14 +951,7 @@ class Runtime:
                     return self._avg_pool2d(_torch(x), a)
                 shape = out_shapes.get(x.shape)
                 if shape is None:
-                    (kh, kw), (sh, sw), (ph, pw) = pool_args[:3]
-                    n, c, h, w = x.shape
-                    shape = out_shapes[x.shape] = (
-                        n,
-                        c,
-                        pool_output_size(h, kh, sh, ph, a["ceil_mode"]),
-                        pool_output_size(w, kw, sw, pw, a["ceil_mode"]),
-                    )
+                    shape = out_shapes[x.shape] = _pool_output_shape(x.shape, pool_args)
                 return avg_pool2d(x, *pool_args, out=self.pool.empty(shape, np.float32))
 
             return avg_pool
@@ -1049,15 +1056,7 @@ class Runtime:
         args = _pool_args(a)
         if x.dtype != torch.float32 or x.dim() != 4 or not x.is_contiguous():
             return F.avg_pool2d(x, *args)
-        (kh, kw), (sh, sw), (ph, pw) = args[:3]
-        n, c, h, w = x.shape
-        shape = (
-            n,
-            c,
-            pool_output_size(h, kh, sh, ph, a["ceil_mode"]),
-            pool_output_size(w, kw, sw, pw, a["ceil_mode"]),
-        )
-        out = self.pool.empty(shape, np.float32)
+        out = self.pool.empty(_pool_output_shape(tuple(x.shape), args), np.float32)
         return torch.from_numpy(avg_pool2d(x.numpy(), *args, out=out))
 
     def _float_plan(self, key: tuple, x: torch.Tensor, make):
